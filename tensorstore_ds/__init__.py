@@ -1,0 +1,1 @@
+"""tensorstore_ds: image-text and audio-text datasets as training-ready tensors."""

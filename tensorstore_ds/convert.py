@@ -1,0 +1,193 @@
+"""``convert``: any image-text or audio-text source into a store, once."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .columns import ColumnPlan, captions_of, cast_media_features, clip_of, kept_of, media_of, plan_columns
+from .decode import decode_sample
+from .decode.audio import RESAMPLERS, AudioOptions
+from .decode.image import RESIZE_MODES, ImageOptions
+from .errors import OptionsError, SampleError, SampleFailedError
+from .fetch import Fetcher, FetchOptions
+from .format.layout import chunk_rows_for
+from .format.manifest import Manifest
+from .pipeline import Pipeline, Task
+from .sources import Source, open_source
+from .writer import Column, Plan, StoreWriter
+
+log = logging.getLogger("tensorstore_ds")
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Every option of :func:`convert`; the CLI flags are these names with dashes.
+
+    The fields before ``workers`` decide what the store holds; a resumed
+    conversion must use the same values. The rest only decide how fast and how
+    loudly it runs.
+    """
+
+    image_column: str | None = None
+    audio_column: str | None = None
+    caption_column: str = "caption"
+    keep_columns: tuple[str, ...] = ()
+    audio_dir: str | None = None
+    audio_template: str | None = None
+    clip_start_column: str | None = None
+    clip_end_column: str | None = None
+    limit: int | None = None
+    image_size: int = 224
+    resize: str = "squash"
+    max_pixels: int = 89_478_485
+    jpeg_draft: bool = True
+    sample_rate: int = 16000
+    audio_seconds: float = 10.0
+    resampler: str = "soxr"
+    chunk_mb: float = 16.0
+    workers: int | None = None
+    split: str = "train"
+    fetch_concurrency: int = 64
+    timeout: float = 30.0
+    retries: int = 3
+    max_download_mb: float = 64.0
+    allow_schemes: tuple[str, ...] = ("http", "https")
+    on_error: str = "skip"
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ("skip", "fail"):
+            raise OptionsError(f"on_error must be 'skip' or 'fail', not {self.on_error!r}")
+        if self.resize not in RESIZE_MODES or self.resampler not in RESAMPLERS:
+            raise OptionsError(f"resize must be one of {RESIZE_MODES} and resampler one of {RESAMPLERS}")
+        if self.limit is not None and self.limit < 0:
+            raise OptionsError(f"limit must be >= 0, not {self.limit}")
+        if self.workers is not None and self.workers < 0:
+            raise OptionsError(f"workers must be >= 0, not {self.workers}")
+        if self.chunk_mb <= 0 or self.fetch_concurrency < 1:
+            raise OptionsError("chunk_mb must be > 0 and fetch_concurrency >= 1")
+
+    @classmethod
+    def from_kwargs(cls, options: dict[str, Any]) -> ConvertOptions:
+        """Build options from keyword arguments, naming any unknown one."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise OptionsError(f"unknown convert option(s) {unknown}; known: {sorted(known)}")
+        if isinstance(options.get("keep_columns"), str):
+            options = {**options, "keep_columns": tuple(c for c in options["keep_columns"].split(",") if c)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+
+    def preprocessing(self, columns: ColumnPlan, chunk_rows: int) -> dict[str, Any]:
+        """The options that decide the store's content, as recorded in the manifest."""
+        names = [f.name for f in dataclasses.fields(self)]
+        content = names[: names.index("workers")]
+        doc = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items() if k in content}
+        doc.update(media=columns.media, media_column=columns.media_column, chunk_rows=chunk_rows)
+        return doc
+
+
+def convert(source: Any, out: str | os.PathLike[str], **options: Any) -> Manifest:
+    """Convert an image-text or audio-text dataset into a store at ``out``.
+
+    Parameters
+    ----------
+    source
+        A ``datasets`` dataset, a ``save_to_disk`` directory, an
+        imagefolder/audiofolder directory, Parquet/JSON Lines/CSV files, or a
+        dataset name for ``datasets.load_dataset``.
+    out
+        The store directory. Rerunning the same call after a crash resumes.
+    **options
+        See :class:`ConvertOptions`.
+
+    Returns
+    -------
+    Manifest
+        The finished store's manifest (counts, options, arrays).
+    """
+    opts = ConvertOptions.from_kwargs(options)
+    src = open_source(source, split=opts.split)
+    columns = plan_columns(src, opts.image_column, opts.audio_column, opts.caption_column,
+                           opts.keep_columns, opts.audio_dir, opts.audio_template,
+                           opts.clip_start_column, opts.clip_end_column)
+    src = cast_media_features(src, columns)
+    plan = _plan(opts, columns, src)
+    writer = StoreWriter.open(out, plan, overwrite=opts.overwrite)
+    try:
+        if not writer.finished:
+            _run(src, columns, opts, writer)
+        return writer.finish({"rows_read": writer.next_row})
+    finally:
+        writer.close()
+
+
+def _plan(opts: ConvertOptions, columns: ColumnPlan, src: Source) -> Plan:
+    if columns.media == "image":
+        s = opts.image_size
+        media = (Column("images", (s, s, 3), "uint8", True), Column("image_size", (2,), "int32", False))
+    else:
+        n = AudioOptions(opts.sample_rate, opts.audio_seconds, opts.resampler).num_samples
+        media = (Column("audio", (n,), "float16", True), Column("audio_length", (), "int32", False))
+    row_bytes = int(np.prod(media[0].row_shape)) * np.dtype(media[0].dtype).itemsize
+    chunk_rows = chunk_rows_for(row_bytes, int(opts.chunk_mb * 2**20))
+    text = {"caption": "utf-8"}
+    if columns.multi_caption:
+        text["captions"] = "json"
+    text.update({name: "json" for name in columns.keep_columns})
+    return Plan(media + (Column("source_row", (), "int64", False),), text, chunk_rows,
+                opts.preprocessing(columns, chunk_rows), src.describe())
+
+
+def _run(src: Source, columns: ColumnPlan, opts: ConvertOptions, writer: StoreWriter) -> None:
+    from tqdm.auto import tqdm
+
+    stop = opts.limit
+    total = src.num_rows if stop is None else (min(stop, src.num_rows) if src.num_rows is not None else stop)
+    workers = (os.cpu_count() or 1) if opts.workers is None else opts.workers
+    fetch = FetchOptions(connect_timeout=min(10.0, opts.timeout), read_timeout=opts.timeout, retries=opts.retries,
+                         max_bytes=int(opts.max_download_mb * 2**20), allowed_schemes=tuple(opts.allow_schemes))
+    fetcher = Fetcher(fetch, concurrency=opts.fetch_concurrency)
+    bar = tqdm(total=total, initial=writer.next_row, unit="sample", disable=not opts.progress,
+               desc=f"converting {src.spec}"[:60], dynamic_ncols=True)
+    with bar, Pipeline(decode_sample, workers, fetcher, opts.fetch_concurrency) as pipe:
+        for task, outcome in pipe.map(_tasks(src, columns, opts, writer)):
+            _record(writer, task, outcome, opts)
+            bar.update(1)
+            bar.set_postfix(failed=writer.failed, refresh=False)
+
+
+def _tasks(src: Source, columns: ColumnPlan, opts: ConvertOptions, writer: StoreWriter) -> Iterator[Task]:
+    image = ImageOptions(opts.image_size, opts.resize, opts.max_pixels, opts.jpeg_draft)
+    audio = AudioOptions(opts.sample_rate, opts.audio_seconds, opts.resampler)
+    for row, values in src.rows(writer.next_row, opts.limit):
+        key = "?"
+        try:
+            ref = media_of(values, columns, src.base_dir)
+            key = ref.key
+            text = {"caption": None, "captions": captions_of(values, columns), **kept_of(values, columns)}
+            clip = clip_of(values, columns)
+        except SampleError as exc:
+            yield Task(row, key, "error", exc, (), None)
+            continue
+        text["caption"] = text["captions"][0]
+        yield Task(row, key, ref.kind, ref.value, (columns.media, clip, image, audio), text)
+
+
+def _record(writer: StoreWriter, task: Task, outcome: Any, opts: ConvertOptions) -> None:
+    if isinstance(outcome, SampleError):
+        if opts.on_error == "fail":
+            raise SampleFailedError(task.row, task.key, outcome)
+        writer.add_failure(task.row, task.key, outcome.reason, outcome.detail)
+        return
+    values = dict(outcome, source_row=task.row)
+    writer.add(task.row, values, task.extra)

@@ -1,0 +1,1 @@
+"""The on-disk store format: array layout, caption index and manifest."""

@@ -1,0 +1,154 @@
+"""The conversion pipeline: fetch in threads, decode in processes, results in order.
+
+URLs are fetched by a pool of threads (network-bound, so many more than
+cores); decoding runs in a pool of worker processes (CPU-bound, one per core)
+or inline when ``workers == 0``. Results come back strictly in submission
+order, so the store is the same whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
+
+from .errors import SampleError
+from .fetch import Fetcher
+
+
+@dataclass(frozen=True)
+class Task:
+    """One source row on its way through the pipeline.
+
+    Parameters
+    ----------
+    row
+        Source row index.
+    key
+        The row's media key (URL, path or column), for the failure record.
+    kind
+        Media reference kind (``url``, ``path``, ``bytes``, ``array``), or
+        ``error`` for a row that failed before decoding.
+    payload
+        The reference's value (the :class:`SampleError` for ``error``).
+    args
+        Further positional arguments for the decode function after the payload.
+    extra
+        Anything the caller wants back with the result (captions, kept values).
+    """
+
+    row: int
+    key: str
+    kind: str
+    payload: Any
+    args: tuple[Any, ...]
+    extra: Any
+
+
+Outcome = dict[str, Any] | SampleError
+
+
+class Pipeline:
+    """Ordered parallel fetch + decode.
+
+    Parameters
+    ----------
+    decode
+        A picklable module-level function ``decode(payload, *task.args)``.
+    workers
+        Decode processes; 0 decodes in the calling thread.
+    fetcher
+        Fetches URL payloads; None when the source has no URLs.
+    fetch_threads
+        Concurrent fetches.
+    """
+
+    def __init__(self, decode: Callable[..., dict[str, Any]], workers: int,
+                 fetcher: Fetcher | None = None, fetch_threads: int = 64) -> None:
+        self.decode = decode
+        self.workers = workers
+        self.fetcher = fetcher
+        self.fetch_threads = fetch_threads
+        self._procs: ProcessPoolExecutor | None = None
+        self._threads: ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> Pipeline:
+        if self.workers > 0:
+            context = multiprocessing.get_context("spawn")
+            self._procs = ProcessPoolExecutor(self.workers, mp_context=context)
+        if self.fetcher is not None:
+            self._threads = ThreadPoolExecutor(self.fetch_threads, thread_name_prefix="tsds-fetch")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for pool in (self._threads, self._procs):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        if self.fetcher is not None:
+            self.fetcher.close()
+
+    @property
+    def window(self) -> int:
+        """Tasks in flight at most: enough to keep every fetch thread and worker busy."""
+        fetch = 2 * self.fetch_threads if self.fetcher is not None else 0
+        return max(8, 4 * self.workers, fetch)
+
+    def map(self, tasks: Iterable[Task]) -> Iterator[tuple[Task, Outcome]]:
+        """Yield ``(task, values or SampleError)`` in the order of ``tasks``."""
+        window: deque[tuple[Task, Future[dict[str, Any]]]] = deque()
+        for task in tasks:
+            window.append((task, self._submit(task)))
+            while window and (len(window) >= self.window or window[0][1].done()):
+                head, future = window.popleft()
+                yield head, _outcome(future)
+        while window:
+            head, future = window.popleft()
+            yield head, _outcome(future)
+
+    def _submit(self, task: Task) -> Future[dict[str, Any]]:
+        if task.kind == "error":
+            failed: Future[dict[str, Any]] = Future()
+            failed.set_exception(task.payload)
+            return failed
+        if task.kind != "url":
+            return self._decode(task, task.payload)
+        if self._threads is None or self.fetcher is None:
+            raise RuntimeError("a URL task needs a fetcher")
+        outer: Future[dict[str, Any]] = Future()
+        fetched = self._threads.submit(self.fetcher.fetch, task.payload)
+        fetched.add_done_callback(lambda f: self._after_fetch(task, f, outer))
+        return outer
+
+    def _after_fetch(self, task: Task, fetched: Future[bytes], outer: Future[dict[str, Any]]) -> None:
+        error = fetched.exception()
+        if error is not None:
+            outer.set_exception(error)
+            return
+        _chain(self._decode(task, fetched.result()), outer)
+
+    def _decode(self, task: Task, payload: Any) -> Future[dict[str, Any]]:
+        if self._procs is not None:
+            return self._procs.submit(self.decode, payload, *task.args)
+        future: Future[dict[str, Any]] = Future()
+        try:
+            future.set_result(self.decode(payload, *task.args))
+        except SampleError as exc:
+            future.set_exception(exc)
+        return future
+
+
+def _chain(source: Future[dict[str, Any]], target: Future[dict[str, Any]]) -> None:
+    def copy(f: Future[dict[str, Any]]) -> None:
+        error = f.exception()
+        target.set_exception(error) if error is not None else target.set_result(f.result())
+
+    source.add_done_callback(copy)
+
+
+def _outcome(future: Future[dict[str, Any]]) -> Outcome:
+    try:
+        return future.result()
+    except SampleError as exc:
+        return exc

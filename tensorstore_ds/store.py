@@ -1,0 +1,145 @@
+"""``open_store``: a finished store as numpy arrays and text, without torch."""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import StoreFormatError
+from .format.manifest import FAILURES, Manifest
+from .format.text import TextColumn
+from .readers.chunked import ChunkedArray, check_chunk_files
+
+MEDIA_FIELDS = {"image": "images", "audio": "audio"}
+
+
+class Store:
+    """A finished, validated store (use :func:`open_store`).
+
+    Parameters
+    ----------
+    path
+        The store directory.
+    manifest
+        Its validated manifest.
+    """
+
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        self.path = path
+        self.manifest = manifest
+        self._arrays: dict[str, ChunkedArray] = {}
+        self._text: dict[str, TextColumn] = {}
+
+    def __len__(self) -> int:
+        return self.manifest.num_samples
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r}, samples={len(self)}, fields={self.fields})"
+
+    @property
+    def fields(self) -> list[str]:
+        """Names that :meth:`array` or :meth:`text` accept."""
+        return self.manifest.fields
+
+    @property
+    def media(self) -> str:
+        """``"image"`` or ``"audio"``."""
+        return str(self.manifest.options.get("media", "image" if "images" in self.manifest.arrays else "audio"))
+
+    def array(self, name: str) -> ChunkedArray:
+        """A per-sample array (``images``, ``audio``, ``image_size``, ...), memory-mapped."""
+        name = MEDIA_FIELDS.get(name, name)
+        if name not in self.manifest.arrays or name.startswith("text/"):
+            raise KeyError(f"store {self.path} has no array {name!r}; arrays: {self.array_names}")
+        return self._chunked(name)
+
+    def _chunked(self, name: str) -> ChunkedArray:
+        if name not in self._arrays:
+            self._arrays[name] = ChunkedArray(self.path, self.manifest.arrays[name])
+        return self._arrays[name]
+
+    @property
+    def array_names(self) -> list[str]:
+        return sorted(n for n in self.manifest.arrays if not n.startswith("text/"))
+
+    def text(self, name: str = "caption") -> TextColumn:
+        """A text column (``caption``, ``captions``, kept columns), loaded once."""
+        if name not in self.manifest.text:
+            raise KeyError(f"store {self.path} has no text column {name!r}; columns: {sorted(self.manifest.text)}")
+        if name not in self._text:
+            self._text[name] = _load_text(self, name)
+        return self._text[name]
+
+    @property
+    def captions(self) -> TextColumn:
+        """The primary caption of every sample."""
+        return self.text("caption")
+
+    def field_nbytes(self, name: str) -> int:
+        """Bytes that serving ``name`` from RAM takes."""
+        if name in self.manifest.text:
+            return sum(self.manifest.arrays[f"text/{name}/{p}"].nbytes for p in ("bytes", "offsets"))
+        return self.manifest.arrays[MEDIA_FIELDS.get(name, name)].nbytes
+
+    def failures(self) -> list[dict[str, Any]]:
+        """Every failed source row: ``row``, ``key``, ``reason``, ``detail``."""
+        path = self.path / FAILURES
+        if not path.exists():
+            return []
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def close(self) -> None:
+        """Unmap every mapped chunk."""
+        for array in self._arrays.values():
+            array.close()
+
+    @cached_property
+    def nbytes(self) -> int:
+        """Bytes of all data in the store."""
+        return sum(spec.nbytes for spec in self.manifest.arrays.values())
+
+
+def open_store(path: str | os.PathLike[str]) -> Store:
+    """Open and check a finished store.
+
+    Every check happens before anything is mapped: the manifest's format
+    version, the Zarr metadata of every array, and the size of every chunk
+    file (a truncated file is an error here, never a SIGBUS later).
+
+    Raises
+    ------
+    StoreNotFoundError, StoreIncompleteError, StoreFormatError
+        With the path of the offending file.
+    """
+    root = Path(path)
+    manifest = Manifest.read(root)
+    for name, spec in manifest.arrays.items():
+        meta = root / name / "zarr.json"
+        if not meta.is_file():
+            raise StoreFormatError(meta, f"metadata of array {name!r} is missing")
+        per_sample = not name.startswith("text/")
+        if per_sample and spec.shape[0] != manifest.num_samples:
+            raise StoreFormatError(meta, f"array has {spec.shape[0]} rows, the store has {manifest.num_samples} samples")
+        check_chunk_files(root, spec)
+    for name in manifest.text:
+        for part in ("bytes", "offsets"):
+            if f"text/{name}/{part}" not in manifest.arrays:
+                raise StoreFormatError(root / "manifest.json", f"text column {name!r} lacks its {part} array")
+    return Store(root, manifest)
+
+
+def _load_text(store: Store, name: str) -> TextColumn:
+    data = np.asarray(store._chunked(f"text/{name}/bytes"))
+    offsets = np.asarray(store._chunked(f"text/{name}/offsets"))
+    where = store.path / "text" / name / "offsets"
+    if len(offsets) != len(store) + 1 or (len(offsets) and (offsets[0] != 0 or offsets[-1] != len(data))):
+        raise StoreFormatError(where, f"offsets do not span the {len(data)} text bytes of {len(store)} samples")
+    if np.any(np.diff(offsets) < 0):
+        raise StoreFormatError(where, "offsets are not increasing")
+    return TextColumn(data, offsets, store.manifest.text[name])

@@ -1,0 +1,280 @@
+"""The store writer: samples in, chunk files out, resumable after any crash.
+
+Samples arrive in source order. Media rows are buffered into one chunk at a
+time; a full chunk is committed by writing its chunk files, then a part file
+with the chunk's small per-sample values, text and failures, then the state
+file, each atomically. A rerun reads the state and continues from the first
+source row after the last committed chunk, so the finished store is identical
+to an uninterrupted run. ``finish`` compacts the parts into the small arrays,
+the caption index and ``failures.jsonl``, then writes the manifest last.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import OptionsMismatchError, StoreError, StoreLockedError
+from .format.layout import ArraySpec, write_array, write_array_metadata, write_chunk, write_group_metadata, write_json_atomic
+from .format.manifest import FAILURES, FORMAT_VERSION, MANIFEST, WORK_DIR, Manifest
+from .format.text import TextColumnWriter, text_specs
+
+SMALL_CHUNK_ROWS = 2**20
+
+
+@dataclass(frozen=True)
+class Column:
+    """One per-sample array the writer fills.
+
+    Parameters
+    ----------
+    name
+        Array name in the store.
+    row_shape
+        Shape of one sample's value.
+    dtype
+        Numpy dtype name.
+    media
+        Media arrays are written chunk by chunk during conversion; the others
+        are small and are compacted into few files at the end.
+    """
+
+    name: str
+    row_shape: tuple[int, ...]
+    dtype: str
+    media: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a conversion writes, fixed before the first sample.
+
+    Parameters
+    ----------
+    columns
+        Per-sample arrays.
+    text
+        Text columns and their encodings.
+    chunk_rows
+        Samples per media chunk file.
+    options
+        Preprocessing options; a resume must match them exactly.
+    source
+        Source description (kind, spec, fingerprint).
+    """
+
+    columns: tuple[Column, ...]
+    text: dict[str, str]
+    chunk_rows: int
+    options: dict[str, Any]
+    source: dict[str, Any]
+
+
+class StoreWriter:
+    """Writes one store; use :meth:`open`, then :meth:`add`, then :meth:`finish`.
+
+    Parameters
+    ----------
+    root
+        The store directory.
+    plan
+        What to write.
+    """
+
+    def __init__(self, root: Path, plan: Plan) -> None:
+        self.root = root
+        self.plan = plan
+        self.work = root / WORK_DIR
+        self._lock_fd: int | None = None
+        self.finished = False
+        self.chunks = 0
+        self.next_row = 0
+        self.converted = 0
+        self.failed = 0
+        self._buffers = {c.name: np.empty((plan.chunk_rows, *c.row_shape), c.dtype) for c in plan.columns if c.media}
+        self._part: dict[str, Any] = self._empty_part()
+
+    # --- lifecycle ----------------------------------------------------------
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str], plan: Plan, overwrite: bool = False) -> StoreWriter:
+        """Lock ``root`` and start or resume a conversion into it."""
+        writer = cls(Path(root), plan)
+        writer.root.mkdir(parents=True, exist_ok=True)
+        writer._lock()
+        try:
+            if overwrite:
+                writer._clear()
+            writer._resume()
+        except BaseException:
+            writer.close()
+            raise
+        return writer
+
+    def _lock(self) -> None:
+        self.work.mkdir(exist_ok=True)
+        fd = os.open(self.work / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise StoreLockedError(self.root, int(holder) if holder.isdigit() else -1) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Release the lock (the kernel also releases it if the process dies)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _clear(self) -> None:
+        is_store = any((self.root / p).exists() for p in (MANIFEST, "zarr.json", f"{WORK_DIR}/state.json"))
+        others = [e.name for e in self.root.iterdir() if e.name != WORK_DIR]
+        if others and not is_store:
+            raise StoreError(f"refusing to overwrite {self.root}: it holds {sorted(others)[:5]} "
+                             "and is not a tensorstore_ds store")
+        for entry in self.root.iterdir():
+            if entry.name == WORK_DIR:
+                continue
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        for entry in self.work.iterdir():
+            if entry.name != "lock":
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+    def _resume(self) -> None:
+        if (self.root / MANIFEST).exists():
+            self._check_options(Manifest.read(self.root).options)
+            self.finished = True
+            return
+        others = [e.name for e in self.root.iterdir() if e.name != WORK_DIR]
+        state_path = self.work / "state.json"
+        if not state_path.exists():
+            if others:
+                raise StoreError(f"{self.root} is not empty and is not a tensorstore_ds store "
+                                 f"(holds {sorted(others)[:5]}); choose an empty directory or overwrite=True")
+            write_group_metadata(self.root, FORMAT_VERSION)
+            self._write_state()
+            return
+        state = json.loads(state_path.read_bytes())
+        self._check_options(state["options"])
+        if state["source"].get("fingerprint") != self.plan.source.get("fingerprint"):
+            raise OptionsMismatchError(self.root, "source", state["source"].get("spec"), self.plan.source.get("spec"))
+        self.chunks, self.next_row = state["chunks"], state["next_row"]
+        self.converted, self.failed = state["converted"], state["failed"]
+
+    def _check_options(self, stored: dict[str, Any]) -> None:
+        given = self.plan.options
+        for key in sorted(set(stored) | set(given)):
+            if stored.get(key) != given.get(key):
+                raise OptionsMismatchError(self.root, key, stored.get(key), given.get(key))
+
+    # --- samples -------------------------------------------------------------
+
+    def _empty_part(self) -> dict[str, Any]:
+        small = {c.name: [] for c in self.plan.columns if not c.media}
+        return {"small": small, "text": {t: [] for t in self.plan.text}, "failures": []}
+
+    def add(self, row: int, values: dict[str, Any], text: dict[str, Any]) -> None:
+        """Append one converted sample from source ``row``."""
+        slot = self.converted - self.chunks * self.plan.chunk_rows
+        for column in self.plan.columns:
+            if column.media:
+                self._buffers[column.name][slot] = values[column.name]
+            else:
+                value = values[column.name]
+                self._part["small"][column.name].append(value.tolist() if isinstance(value, np.ndarray) else value)
+        for name in self.plan.text:
+            self._part["text"][name].append(text.get(name))
+        self.converted += 1
+        self.next_row = row + 1
+        if slot + 1 == self.plan.chunk_rows:
+            self._commit(slot + 1)
+
+    def add_failure(self, row: int, key: str, reason: str, detail: str) -> None:
+        """Record that source ``row`` failed; it is left out of the arrays."""
+        self._part["failures"].append({"row": row, "key": key, "reason": reason, "detail": detail})
+        self.failed += 1
+        self.next_row = row + 1
+
+    def _commit(self, rows: int) -> None:
+        for column in self.plan.columns:
+            if column.media:
+                spec = ArraySpec(column.name, (rows, *column.row_shape), column.dtype, self.plan.chunk_rows)
+                write_chunk(self.root, spec, self.chunks, self._buffers[column.name][:rows], fsync=True)
+        write_json_atomic(self.work / "parts" / f"{self.chunks:08d}.json", self._part)
+        self.chunks += 1
+        self._part = self._empty_part()
+        self._write_state()
+
+    def _write_state(self) -> None:
+        state = {
+            "chunks": self.chunks, "next_row": self.next_row, "converted": self.converted,
+            "failed": self.failed, "options": self.plan.options, "source": self.plan.source,
+        }
+        write_json_atomic(self.work / "state.json", state)
+
+    # --- the end -------------------------------------------------------------
+
+    def finish(self, counts: dict[str, Any]) -> Manifest:
+        """Write the tail chunk, compact the parts, and write the manifest last."""
+        if self.finished:
+            return Manifest.read(self.root)
+        tail = self.converted - self.chunks * self.plan.chunk_rows
+        if tail or self._part["failures"]:
+            self._commit(tail)
+        arrays, failures_by_reason = self._compact()
+        manifest = Manifest(
+            num_samples=self.converted, arrays=arrays, text=dict(self.plan.text),
+            options=self.plan.options, source=self.plan.source,
+            counts={**counts, "converted": self.converted, "failed": self.failed,
+                    "failed_by_reason": failures_by_reason},
+        )
+        manifest.write(self.root)
+        shutil.rmtree(self.work / "parts", ignore_errors=True)
+        (self.work / "state.json").unlink(missing_ok=True)
+        self.close()
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.finished = True
+        return manifest
+
+    def _compact(self) -> tuple[dict[str, ArraySpec], dict[str, int]]:
+        n, plan = self.converted, self.plan
+        small: dict[str, list[Any]] = {c.name: [] for c in plan.columns if not c.media}
+        texts = {name: TextColumnWriter(self.root, name, enc) for name, enc in plan.text.items()}
+        by_reason: dict[str, int] = {}
+        with open(self.root / f".{FAILURES}.tmp", "w", encoding="utf-8") as failures:
+            for k in range(self.chunks):
+                part = json.loads((self.work / "parts" / f"{k:08d}.json").read_bytes())
+                for name in small:
+                    small[name].extend(part["small"][name])
+                for name, writer in texts.items():
+                    writer.extend(part["text"][name])
+                for record in part["failures"]:
+                    failures.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    by_reason[record["reason"]] = by_reason.get(record["reason"], 0) + 1
+        os.replace(self.root / f".{FAILURES}.tmp", self.root / FAILURES)
+        arrays: dict[str, ArraySpec] = {}
+        for column in plan.columns:
+            rows = plan.chunk_rows if column.media else SMALL_CHUNK_ROWS
+            spec = ArraySpec(column.name, (n, *column.row_shape), column.dtype, rows)
+            if column.media:
+                write_array_metadata(self.root, spec)
+            else:
+                write_array(self.root, spec, np.asarray(small[column.name], column.dtype).reshape(spec.shape))
+            arrays[column.name] = spec
+        for name, writer in texts.items():
+            total = writer.finish()
+            for spec in text_specs(name, n, total):
+                arrays[spec.name] = spec
+        return arrays, dict(sorted(by_reason.items()))
+

@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON for programs")
     p = sub.add_parser("demo", help="convert a built-in sample dataset, load it, and iterate as training would")
     p.add_argument("--workdir", default=None, help="where to put the sample data and store (default: a temp dir)")
-    p.add_argument("--samples", type=int, default=2000)
+    p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--memory-budget", default="auto")
     return parser

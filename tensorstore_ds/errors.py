@@ -193,3 +193,18 @@ class BudgetError(TensorStoreDSError, MemoryError):
             f"store needs {format_bytes(needed)}, budget is {format_bytes(budget)}; "
             "raise memory_budget or use mode='paged'"
         )
+
+
+class SharedMemoryError(TensorStoreDSError, OSError):
+    """There is not enough shared memory to hold the store in RAM mode."""
+
+    def __init__(self, where: str, needed: int, free: int) -> None:
+        super().__init__(where, needed, free)
+
+    def _message(self, where: str, needed: int, free: int) -> str:  # type: ignore[override]
+        from .budget import format_bytes
+
+        return (
+            f"RAM mode needs {format_bytes(needed)} of shared memory, {where} has {format_bytes(free)} free; "
+            "enlarge it (docker: --shm-size), set TENSORSTORE_DS_SHM_DIR, or use mode='paged'"
+        )

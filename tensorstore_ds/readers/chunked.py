@@ -101,6 +101,18 @@ class ChunkedArray:
             _, (mapped, _view) = self._maps.popitem()
             _close_map(mapped)
 
+    def prefetch(self, chunks: Any) -> None:
+        """Start reading whole chunk files into the page cache, asynchronously."""
+        for k in chunks:
+            try:
+                fd = os.open(self.root / self.spec.chunk_key(int(k)), os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
+
     def willneed(self, indices: np.ndarray) -> None:
         """Advise the kernel that the rows at ``indices`` are read next."""
         row_bytes = self.spec.row_bytes

@@ -1,0 +1,200 @@
+"""``TensorStoreDataset``: a store served to PyTorch from RAM or from disk."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch.utils.data
+
+from .batch import Batch, item_of
+from .budget import format_bytes, resolve_budget
+from .errors import BudgetError, OptionsError
+from .readers.chunked import ChunkedArray
+from .readers.shm import RamArray, SharedBuffer
+from .store import Store, open_store
+
+log = logging.getLogger("tensorstore_ds")
+MODES = ("auto", "ram", "paged")
+ALIASES = {"image": "images", "length": None}
+
+
+class TensorStoreDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """A store as a map-style Dataset of dicts.
+
+    Parameters
+    ----------
+    path
+        The store directory.
+    fields
+        What to serve: ``"image"`` or ``"audio"``, ``"caption"``, and any of
+        ``"captions"``, kept columns, ``"image_size"``, ``"audio_length"``
+        (``"length"`` is either), ``"source_row"``. Default: the media and the
+        caption. Only selected fields are read and count against the budget.
+    memory_budget
+        Bytes, a size string such as ``"8GiB"``, a fraction of available
+        memory (``0.5``), or ``"auto"`` (half of available memory).
+    mode
+        ``"ram"``, ``"paged"``, or ``"auto"``: RAM when the selected fields fit
+        the budget, paged otherwise. :attr:`mode` and :attr:`mode_reason` say
+        which was chosen and why.
+    transform
+        Applied to each item dict.
+    channels_last
+        Serve images as (H, W, C) instead of a (C, H, W) view.
+    progress
+        Show a progress bar while loading into RAM.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], fields: Sequence[str] | None = None,
+                 memory_budget: int | float | str = "auto", mode: str = "auto",
+                 transform: Callable[[dict[str, Any]], Any] | None = None, channels_last: bool = False,
+                 progress: bool = True) -> None:
+        if mode not in MODES:
+            raise OptionsError(f"mode must be one of {MODES}, not {mode!r}")
+        self.store: Store = open_store(path)
+        self.path = self.store.path
+        self.transform = transform
+        self.channels_last = channels_last
+        self.budget = resolve_budget(memory_budget)
+        self.arrays_fields, self.text_fields = _select(self.store, fields)
+        self.nbytes = sum(self.store.field_nbytes(f) for f in self.arrays_fields + self.text_fields)
+        self.mode, self.mode_reason = _decide(mode, self.nbytes, self.budget)
+        log.info("tensorstore_ds: %s serves %s in %s mode: %s", self.path, self.fields, self.mode, self.mode_reason)
+        self._text = _load_text(self.store, self.text_fields)
+        self._arrays = self._open_arrays(progress)
+
+    @property
+    def fields(self) -> list[str]:
+        return [_public(f) for f in self.arrays_fields] + self.text_fields
+
+    @property
+    def chunk_rows(self) -> int:
+        """Samples per chunk file of the media array."""
+        return self.store.manifest.arrays["images" if "images" in self.store.manifest.arrays else "audio"].chunk_rows
+
+    @property
+    def chunk_bytes(self) -> int:
+        """Bytes of one chunk of every selected array together."""
+        return sum(self.store.manifest.arrays[f].chunk_bytes for f in self.arrays_fields)
+
+    def prefetch_chunks(self, chunks: Sequence[int]) -> None:
+        """Ask the kernel to read these chunks of every selected array ahead (paged mode)."""
+        for array in self._arrays.values():
+            if isinstance(array, ChunkedArray):
+                array.prefetch(chunks)
+
+    def _open_arrays(self, progress: bool) -> dict[str, Any]:
+        if self.mode == "paged":
+            media_bytes = max(1, self.budget - sum(self.store.field_nbytes(t) for t in self.text_fields))
+            share = media_bytes // max(1, len(self.arrays_fields))
+            return {f: ChunkedArray(self.path, self.store.manifest.arrays[f], share) for f in self.arrays_fields}
+        return {f: _load_ram(self.store.array(f), progress) for f in self.arrays_fields}
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> Any:
+        """Gather a whole batch at once (the DataLoader calls this per batch)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        n = len(self)
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"index out of range for a store of {n} samples: {idx[(idx < -n) | (idx >= n)][:3]}")
+        idx = np.where(idx < 0, idx + n, idx)
+        for array in self._arrays.values():
+            array.willneed(idx)
+        arrays = {_public(f): a.take(idx) for f, a in self._arrays.items()}
+        text = {f: column.take(idx) for f, column in self._text.items()}
+        batch = Batch(idx, arrays, text, self.channels_last)
+        return item_of(batch, self.transform) if self.transform is not None else batch
+
+    def close(self) -> None:
+        """Unmap paged chunks; RAM buffers go when the last reference does."""
+        for array in self._arrays.values():
+            if isinstance(array, ChunkedArray):
+                array.close()
+
+    def __repr__(self) -> str:
+        return (f"TensorStoreDataset({str(self.path)!r}, samples={len(self)}, fields={self.fields}, "
+                f"mode={self.mode!r}, {format_bytes(self.nbytes)} of budget {format_bytes(self.budget)})")
+
+
+def _public(array_name: str) -> str:
+    return "image" if array_name == "images" else array_name
+
+
+def _select(store: Store, fields: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    media = "images" if "images" in store.manifest.arrays else "audio"
+    wanted = [media, "caption"] if fields is None else list(fields)
+    arrays, text = [], []
+    for name in wanted:
+        if name == "length":
+            name = "image_size" if media == "images" else "audio_length"
+        name = ALIASES.get(name) or name
+        if name in store.manifest.text:
+            text.append(name)
+        elif name in store.manifest.arrays and not name.startswith("text/"):
+            arrays.append(name)
+        else:
+            known = sorted({_public(a) for a in store.array_names} | set(store.manifest.text) | {"length"})
+            raise OptionsError(f"store {store.path} has no field {name!r}; fields: {known}")
+    return arrays, text
+
+
+def _decide(mode: str, needed: int, budget: int) -> tuple[str, str]:
+    fits = needed <= budget
+    sizes = f"selected fields need {format_bytes(needed)}, budget is {format_bytes(budget)}"
+    if mode == "ram" and not fits:
+        raise BudgetError(needed, budget)
+    if mode == "auto":
+        return ("ram", f"{sizes}: fits") if fits else ("paged", f"{sizes}: does not fit")
+    return mode, f"{sizes}; mode={mode!r} requested"
+
+
+def _load_ram(array: ChunkedArray, progress: bool) -> RamArray:
+    from tqdm.auto import tqdm
+
+    buffer = SharedBuffer.create(array.spec.nbytes)
+    target = buffer.array(array.spec.dtype, array.spec.shape)
+    with tqdm(total=array.spec.nbytes, unit="B", unit_scale=True, disable=not progress,
+              desc=f"loading {array.spec.name} into RAM") as bar:
+        array.read_into(target, bar)
+    array.close()
+    return RamArray(buffer, array.spec.dtype, array.spec.shape)
+
+
+class _SharedText:
+    """A text column whose bytes and offsets live in shared buffers."""
+
+    def __init__(self, data: RamArray, offsets: RamArray, encoding: str) -> None:
+        from .format.text import TextColumn
+
+        self.data, self.offsets, self.encoding = data, offsets, encoding
+        self.column = TextColumn(data.data, offsets.data, encoding)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"data": self.data, "offsets": self.offsets, "encoding": self.encoding}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["data"], state["offsets"], state["encoding"])  # type: ignore[misc]
+
+    def take(self, indices: np.ndarray) -> list[Any]:
+        return self.column.take(indices)
+
+
+def _load_text(store: Store, names: list[str]) -> dict[str, _SharedText]:
+    loaded = {}
+    for name in names:
+        column = store.text(name)
+        parts = []
+        for values in (column.data, column.offsets):
+            buffer = SharedBuffer.create(values.nbytes)
+            buffer.array(values.dtype, values.shape)[:] = values
+            parts.append(RamArray(buffer, values.dtype.str, values.shape))
+        loaded[name] = _SharedText(parts[0], parts[1], column.encoding)
+    return loaded

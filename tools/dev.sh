@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Set up a virtualenv in .venv (once) and run the demo or the tests.
+#   bash tools/dev.sh demo   # convert a built-in sample dataset, load it, iterate as training would
+#   bash tools/dev.sh test   # the test suite
+# Any torch >= 2.2 already importable by $PYTHON is used (the venv sees system site-packages
+# only if you create it yourself with --system-site-packages); otherwise torch==2.13.0 is
+# installed (set TORCH_SPEC to choose another, e.g. TORCH_SPEC="torch==2.9.1").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.tensorstore_ds-installed"
+if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
+  if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(tuple(map(int, torch.__version__.split('+')[0].split('.')[:2])) < (2, 2))" 2>/dev/null; then
+    "$VENV/bin/pip" install --quiet "${TORCH_SPEC:-torch==2.13.0}"
+  fi
+  "$VENV/bin/pip" install --quiet -e ".[test]"
+  touch "$stamp"
+fi
+cmd=${1:-}
+shift || true
+case "$cmd" in
+  demo) exec "$VENV/bin/python" -m tensorstore_ds demo "$@" ;;
+  test) exec "$VENV/bin/python" -m pytest -q "$@" ;;
+  *) echo "usage: bash tools/dev.sh demo|test [args]" >&2; exit 2 ;;
+esac

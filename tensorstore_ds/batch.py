@@ -27,14 +27,18 @@ class Batch(Sequence):  # type: ignore[type-arg]
         Text values by field name, one list entry per sample.
     channels_last
         Serve images as (N, H, W, C) instead of a (N, C, H, W) view.
+    slot
+        In a DataLoader worker, the shared ring slot the arrays live in:
+        ``(slot tensor, state tensor, slot number, bytes, layout)``.
     """
 
     def __init__(self, indices: np.ndarray, arrays: dict[str, np.ndarray], text: dict[str, list[Any]],
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, slot: tuple[Any, ...] | None = None) -> None:
         self.indices = indices
         self.arrays = arrays
         self.text = text
         self.channels_last = channels_last
+        self.slot = slot
         self._tensors: dict[str, Any] | None = None
 
     def __len__(self) -> int:
@@ -62,15 +66,42 @@ class Batch(Sequence):  # type: ignore[type-arg]
         return out
 
 
+class SharedBatch(dict):  # type: ignore[type-arg]
+    """A worker's batch: a dict of tensors that pickles as a handle to its ring slot.
+
+    In the worker it is the usual dict. Sent to the main process it carries
+    only the slot's shared-memory handle, the layout and the text; the main
+    process rebuilds the same dict over the same memory, without a copy.
+    """
+
+    def __init__(self, batch: Batch) -> None:
+        super().__init__(batch.tensors())
+        self._batch = batch
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        b = self._batch
+        return (_rebuild_shared, (b.slot, b.indices, b.text, b.channels_last))
+
+
+def _rebuild_shared(slot: tuple[Any, ...], indices: np.ndarray, text: dict[str, list[Any]],
+                    channels_last: bool) -> dict[str, Any]:
+    from .ring import carve, slot_view
+
+    memory, state, s, nbytes, layout = slot
+    arrays = carve(slot_view(memory, state, s, nbytes, release=True), layout)
+    return Batch(indices, arrays, text, channels_last).tensors()
+
+
 def collate(batch: Any) -> Any:
     """Collate for a DataLoader over :class:`~tensorstore_ds.TensorStoreDataset`.
 
-    A :class:`Batch` becomes a dict of batch tensors with no further copy; any
+    A :class:`Batch` becomes a dict of batch tensors with no further copy (from
+    a worker, it crosses to the main process as a shared-memory handle); any
     other list of items (for example after a per-item ``transform``) goes to
     torch's ``default_collate``.
     """
     if isinstance(batch, Batch):
-        return batch.tensors()
+        return SharedBatch(batch) if batch.slot is not None else batch.tensors()
     from torch.utils.data import default_collate
 
     return default_collate(batch)

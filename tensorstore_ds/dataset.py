@@ -14,6 +14,7 @@ from .budget import format_bytes, resolve_budget
 from .errors import BudgetError, OptionsError
 from .readers.chunked import ChunkedArray
 from .readers.shm import RamArray, SharedBuffer
+from .ring import carve, layout_bytes, process_ring
 from .store import Store, open_store
 
 log = logging.getLogger("tensorstore_ds")
@@ -77,8 +78,8 @@ class TensorStoreDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
 
     @property
     def chunk_bytes(self) -> int:
-        """Bytes of one chunk of every selected array together."""
-        return sum(self.store.manifest.arrays[f].chunk_bytes for f in self.arrays_fields)
+        """Bytes that the samples of one media chunk take in every selected array together."""
+        return self.chunk_rows * sum(self.store.manifest.arrays[f].row_bytes for f in self.arrays_fields)
 
     def prefetch_chunks(self, chunks: Sequence[int]) -> None:
         """Ask the kernel to read these chunks of every selected array ahead (paged mode)."""
@@ -108,10 +109,24 @@ class TensorStoreDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
         idx = np.where(idx < 0, idx + n, idx)
         for array in self._arrays.values():
             array.willneed(idx)
-        arrays = {_public(f): a.take(idx) for f, a in self._arrays.items()}
+        arrays, slot = self._gather(idx)
         text = {f: column.take(idx) for f, column in self._text.items()}
-        batch = Batch(idx, arrays, text, self.channels_last)
+        batch = Batch(idx, arrays, text, self.channels_last, slot)
         return item_of(batch, self.transform) if self.transform is not None else batch
+
+    def _gather(self, idx: np.ndarray) -> tuple[dict[str, np.ndarray], tuple[Any, ...] | None]:
+        """Gather every array field into one ring slot (or new memory when the ring is full)."""
+        layout = [(_public(f), a.dtype.str, (len(idx), *a.shape[1:])) for f, a in self._arrays.items()]
+        in_worker = torch.utils.data.get_worker_info() is not None
+        ring = process_ring(in_worker)
+        nbytes = layout_bytes(layout)
+        s = ring.acquire(nbytes)
+        if s is None:
+            return {_public(f): a.take(idx) for f, a in self._arrays.items()}, None
+        views = carve(ring.view(s, nbytes, release=not in_worker), layout)
+        for f, a in self._arrays.items():
+            a.take(idx, out=views[_public(f)])
+        return views, ((ring.slots[s], ring.state, s, nbytes, layout) if in_worker else None)
 
     def close(self) -> None:
         """Unmap paged chunks; RAM buffers go when the last reference does."""
@@ -132,7 +147,8 @@ def _select(store: Store, fields: Sequence[str] | None) -> tuple[list[str], list
     media = "images" if "images" in store.manifest.arrays else "audio"
     wanted = [media, "caption"] if fields is None else list(fields)
     arrays, text = [], []
-    for name in wanted:
+    for requested in wanted:
+        name = requested
         if name == "length":
             name = "image_size" if media == "images" else "audio_length"
         name = ALIASES.get(name) or name
@@ -142,7 +158,7 @@ def _select(store: Store, fields: Sequence[str] | None) -> tuple[list[str], list
             arrays.append(name)
         else:
             known = sorted({_public(a) for a in store.array_names} | set(store.manifest.text) | {"length"})
-            raise OptionsError(f"store {store.path} has no field {name!r}; fields: {known}")
+            raise OptionsError(f"store {store.path} has no field {requested!r}; fields: {known}")
     return arrays, text
 
 
@@ -190,11 +206,12 @@ class _SharedText:
 def _load_text(store: Store, names: list[str]) -> dict[str, _SharedText]:
     loaded = {}
     for name in names:
-        column = store.text(name)
+        column = store.load_text(name)
         parts = []
         for values in (column.data, column.offsets):
             buffer = SharedBuffer.create(values.nbytes)
             buffer.array(values.dtype, values.shape)[:] = values
             parts.append(RamArray(buffer, values.dtype.str, values.shape))
         loaded[name] = _SharedText(parts[0], parts[1], column.encoding)
+        store._text.pop(name, None)  # else every pickle of the dataset carries a private copy
     return loaded

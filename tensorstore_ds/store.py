@@ -69,11 +69,15 @@ class Store:
 
     def text(self, name: str = "caption") -> TextColumn:
         """A text column (``caption``, ``captions``, kept columns), loaded once."""
+        if name not in self._text:
+            self._text[name] = self.load_text(name)
+        return self._text[name]
+
+    def load_text(self, name: str) -> TextColumn:
+        """Read a text column afresh, without keeping it in this object."""
         if name not in self.manifest.text:
             raise KeyError(f"store {self.path} has no text column {name!r}; columns: {sorted(self.manifest.text)}")
-        if name not in self._text:
-            self._text[name] = _load_text(self, name)
-        return self._text[name]
+        return _load_text(self, name)
 
     @property
     def captions(self) -> TextColumn:

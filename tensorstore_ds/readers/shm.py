@@ -64,7 +64,7 @@ class SharedBuffer:
         path = os.path.join(directory, f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.ftruncate(fd, size)
+            os.ftruncate(fd, max(size, 1))  # mmap cannot map an empty file
             mapped = mmap.mmap(fd, max(size, 1), flags=mmap.MAP_SHARED)
         except BaseException:
             os.unlink(path)
@@ -125,8 +125,12 @@ class RamArray:
         return self.shape[0]
 
     def take(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Rows at ``indices`` in one vectorised gather."""
-        return np.take(self.data, indices, axis=0, out=out)
+        """Rows at ``indices`` in one vectorised gather; the caller checks the range.
+
+        ``mode="clip"`` matters: with the default ``"raise"`` numpy gathers into
+        a temporary buffer and copies it into ``out`` afterwards.
+        """
+        return np.take(self.data, indices, axis=0, out=out, mode="clip")
 
     def willneed(self, indices: np.ndarray) -> None:
         """Nothing to read ahead: the data is in RAM."""

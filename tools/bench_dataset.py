@@ -1,0 +1,313 @@
+"""Benchmark: serving a store to PyTorch, against baselines measured in the same run.
+
+    .venv/bin/python tools/bench_dataset.py [--samples 20000] [--batch 256] [--repeats 5]
+
+Builds (once, cached in --workdir) a store of N random 224x224 images written through the
+real store writer, then measures samples/s for random batches (median of --repeats runs):
+
+- numpy fancy indexing of the same data in one in-RAM array (the baseline), and memcpy;
+- TensorStoreDataset RAM mode in-process (``__getitems__`` + ``collate``);
+- RAM mode through a DataLoader with 2 workers, and a plain numpy Dataset with 2 workers;
+- the seed-style loader (a list of PIL images, batch converted to a uint8 tensor);
+- Hugging Face datasets with an Array3D column, memory-mapped, ``with_format("numpy")``;
+- PSS summed over parent + 4 workers (fork and spawn) against the same loader over a
+  1-sample store;
+- paged mode on a store 3x the budget, cold cache: chunk-local sampler and pure random
+  order, against the disk's sequential read bandwidth, with the peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tensorstore_ds import ChunkShuffleSampler, TensorStoreDataset, collate  # noqa: E402
+from tensorstore_ds.budget import format_bytes  # noqa: E402
+from tensorstore_ds.memory import rss_bytes, tree_pss_bytes  # noqa: E402
+
+SIZE = 224
+
+
+def build_store(path: Path, n: int, seed: int = 0) -> None:
+    """A store of ``n`` random images written by the real writer (skipped if present)."""
+    from tensorstore_ds.format.layout import chunk_rows_for
+    from tensorstore_ds.writer import Column, Plan, StoreWriter
+
+    if (path / "manifest.json").exists():
+        return
+    row = (SIZE, SIZE, 3)
+    rows = chunk_rows_for(int(np.prod(row)), 16 * 2**20)
+    plan = Plan((Column("images", row, "uint8", True), Column("image_size", (2,), "int32", False),
+                 Column("source_row", (), "int64", False)), {"caption": "utf-8"}, rows,
+                {"media": "image", "image_size": SIZE, "chunk_rows": rows}, {"kind": "bench", "fingerprint": str(n)})
+    writer = StoreWriter.open(path, plan)
+    rng = np.random.default_rng(seed)
+    block = rng.integers(0, 256, (64, *row), dtype=np.uint8)
+    for i in range(n):
+        writer.add(i, {"images": block[i % 64] ^ np.uint8(i % 251), "image_size": np.array([480, 640], np.int32),
+                       "source_row": i}, {"caption": f"a random picture number {i}"})
+    writer.finish({"rows_read": n})
+
+
+def timed(fn: Callable[[], int], repeats: int) -> float:
+    """Median samples/s of ``fn`` (which returns the samples it served)."""
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        count = fn()
+        rates.append(count / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def batches(n: int, batch: int, count: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, n, batch) for _ in range(count)]
+
+
+def bench_in_process(store: Path, args: argparse.Namespace, out: dict[str, Any]) -> None:
+    ds = TensorStoreDataset(store, mode="ram", progress=False)
+    data = np.array(ds._arrays["images"].data)  # the baseline's own in-RAM copy
+    idxs = batches(len(ds), args.batch, args.batches, 1)
+    out["numpy_fancy_index"] = timed(lambda: sum(len(data[i]) for i in idxs), args.repeats)
+    src = data[: args.batch].copy()
+    dst = np.empty_like(src)
+    out["memcpy"] = timed(lambda: sum(np.copyto(dst, src) or len(src) for _ in idxs), args.repeats)
+    out["ram_in_process"] = timed(lambda: sum(len(collate(ds.__getitems__(i))["index"]) for i in idxs), args.repeats)
+    del data, src, dst
+    out["seed_style"] = bench_seed_style(ds, args)
+    out["hf_datasets_array3d"] = bench_hf(ds, args)
+
+
+def bench_seed_style(ds: TensorStoreDataset, args: argparse.Namespace) -> float:
+    """The seed's loader: PIL images in a list, each batch converted to a uint8 tensor."""
+    import torch
+    from PIL import Image
+
+    n = min(len(ds), 2000)
+    pixels = ds._arrays["images"].data
+    images = [Image.fromarray(np.array(pixels[i])) for i in range(n)]
+    captions = [ds._text["caption"].take([i])[0] for i in range(n)]
+    idxs = batches(n, args.batch, max(4, args.batches // 4), 2)
+
+    def run() -> int:
+        served = 0
+        for idx in idxs:
+            batch = [(images[i], captions[i]) for i in idx]
+            tensor = torch.stack([torch.from_numpy(np.asarray(im)).permute(2, 0, 1) for im, _ in batch])
+            served += len(tensor)
+        return served
+
+    return timed(run, args.repeats)
+
+
+def bench_hf(ds: TensorStoreDataset, args: argparse.Namespace) -> float:
+    """Hugging Face datasets holding the same arrays (Array3D, memory-mapped, numpy format)."""
+    import datasets
+
+    n = min(len(ds), 4000)
+    cache = Path(args.workdir) / f"hf-array3d-{n}"
+    if not cache.exists():
+        pixels = ds._arrays["images"].data
+        features = datasets.Features({"image": datasets.Array3D((SIZE, SIZE, 3), "uint8"),
+                                      "caption": datasets.Value("string")})
+
+        def gen() -> Any:
+            for i in range(n):
+                yield {"image": np.array(pixels[i]), "caption": ds._text["caption"].take([i])[0]}
+
+        datasets.Dataset.from_generator(gen, features=features).save_to_disk(str(cache))
+    hf = datasets.load_from_disk(str(cache)).with_format("numpy")
+    idxs = batches(n, args.batch, max(4, args.batches // 4), 3)
+    return timed(lambda: sum(len(hf[i.tolist()]["image"]) for i in idxs), args.repeats)
+
+
+def loader_rate(dataset: Any, args: argparse.Namespace, workers: int, context: str, collate_fn: Any = None) -> float:
+    import torch
+    from torch.utils.data import DataLoader, RandomSampler
+
+    sampler = RandomSampler(dataset, num_samples=args.batch * args.batches, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(dataset, batch_size=args.batch, sampler=sampler, num_workers=workers,
+                        multiprocessing_context=context if workers else None, collate_fn=collate_fn,
+                        persistent_workers=workers > 0, prefetch_factor=2 if workers else None)
+    next(iter(loader))  # start the workers before timing
+    return timed(lambda: sum(len(b["index"] if isinstance(b, dict) else b) for b in loader), args.repeats)
+
+
+class NumpyDataset:
+    """The plain baseline: a Dataset over an in-RAM numpy array, one item at a time."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> Any:
+        import torch
+
+        return {"index": i, "image": torch.from_numpy(self.data[i])}
+
+
+def bench_workers(store: Path, args: argparse.Namespace, out: dict[str, Any]) -> None:
+    ds = TensorStoreDataset(store, mode="ram", progress=False)
+    out["ram_loader_0_workers"] = loader_rate(ds, args, 0, "fork", collate)
+    out["ram_loader_2_workers"] = loader_rate(ds, args, 2, "fork", collate)
+    plain = NumpyDataset(np.array(ds._arrays["images"].data))
+    out["numpy_dataset_0_workers"] = loader_rate(plain, args, 0, "fork")
+    out["numpy_dataset_2_workers"] = loader_rate(plain, args, 2, "fork")
+
+
+def pss_child(store: str, context: str, batch: int) -> None:
+    """Run in a subprocess: a 4-worker loader over ``store``; print the tree's PSS."""
+    from torch.utils.data import DataLoader
+
+    ds = TensorStoreDataset(store, mode="ram", progress=False)
+    loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=4, collate_fn=collate,
+                        multiprocessing_context=context, persistent_workers=True)
+    for _ in range(2):
+        for _b in loader:
+            pass
+    gc.collect()
+    print(json.dumps({"pss": tree_pss_bytes(), "data": ds.nbytes}))
+
+
+def bench_memory(store: Path, tiny: Path, args: argparse.Namespace, out: dict[str, Any]) -> None:
+    for context in ("fork", "spawn"):
+        got = {}
+        for name, path in (("store", store), ("tiny", tiny)):
+            cmd = [sys.executable, __file__, "--pss-child", str(path), context, str(args.batch)]
+            got[name] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        excess = got["store"]["pss"] - got["tiny"]["pss"]
+        out[f"pss_excess_over_data_{context}"] = excess / got["store"]["data"]
+        out[f"pss_{context}"] = got["store"]["pss"]
+
+
+def drop_cache(store: Path) -> None:
+    for path in store.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+
+
+def bench_paged(store: Path, args: argparse.Namespace, out: dict[str, Any]) -> None:
+    """Each paged run is a fresh subprocess, so its RSS is the dataset's own."""
+    for name in ("chunk_local", "random"):
+        cmd = [sys.executable, __file__, "--paged-child", str(store), name, str(args.batch)]
+        got = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        out["disk_sequential_MBps"] = max(out.get("disk_sequential_MBps", 0), got.pop("disk_sequential_MBps"))
+        out.update(got)
+
+
+def paged_child(store: Path, name: str, batch: int) -> None:
+    """Cold-cache paged reading of a store 3x the budget; print rates and RSS growth."""
+    from tensorstore_ds import open_store
+
+    spec = open_store(store).manifest.arrays["images"]
+    files = [store / spec.chunk_key(k) for k in range(spec.num_chunks)]
+    drop_cache(store)
+    t0, total = time.perf_counter(), 0
+    for path in files:
+        with open(path, "rb", buffering=0) as f:
+            total += len(f.read())
+    disk = total / (time.perf_counter() - t0) / 1e6
+    budget = int(total / 3)
+    drop_cache(store)
+    gc.collect()
+    base_rss = rss_bytes()
+    ds = TensorStoreDataset(store, mode="paged", memory_budget=budget, progress=False)
+    order = list(ChunkShuffleSampler(ds, seed=0)) if name == "chunk_local" else np.random.default_rng(0).permutation(len(ds)).tolist()
+    limit = len(order) if name == "chunk_local" else min(len(order), batch * 12)
+    t0, peak, served = time.perf_counter(), 0, 0
+    for i in range(0, limit, batch):
+        served += len(collate(ds.__getitems__(order[i : i + batch]))["index"])
+        peak = max(peak, rss_bytes() - base_rss)
+    seconds = time.perf_counter() - t0
+    row = SIZE * SIZE * 3
+    print(json.dumps({"disk_sequential_MBps": disk, "paged_budget": budget,
+                      f"paged_{name}_samples_per_s": served / seconds, f"paged_{name}_MBps": served * row / seconds / 1e6,
+                      f"paged_{name}_peak_rss": peak}))
+
+
+def report(out: dict[str, Any]) -> None:
+    base = out["numpy_fancy_index"]
+    lines = [
+        ("numpy fancy index (baseline)", base, "1.00"),
+        ("memcpy of contiguous batches", out["memcpy"], f"{out['memcpy'] / base:.2f}"),
+        ("RAM mode, in-process", out["ram_in_process"], f"{out['ram_in_process'] / base:.2f}"),
+        ("RAM mode, DataLoader 0 workers", out["ram_loader_0_workers"], f"{out['ram_loader_0_workers'] / base:.2f}"),
+        ("RAM mode, DataLoader 2 workers", out["ram_loader_2_workers"], f"{out['ram_loader_2_workers'] / base:.2f}"),
+        ("numpy Dataset, DataLoader 0 workers", out["numpy_dataset_0_workers"], f"{out['numpy_dataset_0_workers'] / base:.2f}"),
+        ("numpy Dataset, DataLoader 2 workers", out["numpy_dataset_2_workers"], f"{out['numpy_dataset_2_workers'] / base:.2f}"),
+        ("seed-style PIL list loader", out["seed_style"], f"{out['seed_style'] / base:.2f}"),
+        ("HF datasets Array3D numpy", out["hf_datasets_array3d"], f"{out['hf_datasets_array3d'] / base:.2f}"),
+    ]
+    print(f"\n{'loader':42s} {'samples/s':>12s} {'x baseline':>10s}")
+    for name, rate, ratio in lines:
+        print(f"{name:42s} {rate:12,.0f} {ratio:>10s}")
+    print(f"\nRAM in-process / memcpy: {out['ram_in_process'] / out['memcpy']:.2f}")
+    print(f"RAM 2 workers / RAM in-process: {out['ram_loader_2_workers'] / out['ram_in_process']:.2f}")
+    print(f"RAM in-process / seed-style: {out['ram_in_process'] / out['seed_style']:.1f}x")
+    print(f"RAM in-process / HF datasets: {out['ram_in_process'] / out['hf_datasets_array3d']:.1f}x")
+    for context in ("fork", "spawn"):
+        if f"pss_{context}" in out:
+            print(f"PSS, 4 workers, {context}: {format_bytes(out[f'pss_{context}'])}; excess over 1-sample store "
+                  f"= {out[f'pss_excess_over_data_{context}']:.2f}x the data size")
+    if "disk_sequential_MBps" in out:
+        print(f"\npaged, budget {format_bytes(out['paged_budget'])}, cold cache; disk sequential "
+              f"{out['disk_sequential_MBps']:,.0f} MB/s")
+        for name in ("chunk_local", "random"):
+            print(f"  {name:12s} {out[f'paged_{name}_samples_per_s']:10,.0f} samples/s "
+                  f"{out[f'paged_{name}_MBps']:8,.0f} MB/s ({out[f'paged_{name}_MBps'] / out['disk_sequential_MBps']:.2f}"
+                  f" of sequential), peak RSS growth {format_bytes(out[f'paged_{name}_peak_rss'])}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=20000)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--workdir", default=str(ROOT / "bench-out"))
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: workers,memory,paged")
+    parser.add_argument("--pss-child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--paged-child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.paged_child:
+        paged_child(Path(args.paged_child[0]), args.paged_child[1], int(args.paged_child[2]))
+        return
+    if args.pss_child:
+        pss_child(args.pss_child[0], args.pss_child[1], int(args.pss_child[2]))
+        return
+    work = Path(args.workdir)
+    store, tiny = work / f"store-{args.samples}", work / "store-1"
+    build_store(store, args.samples)
+    build_store(tiny, 1)
+    skip = set(args.skip.split(","))
+    out: dict[str, Any] = {}
+    bench_in_process(store, args, out)
+    if "workers" not in skip:
+        bench_workers(store, args, out)
+    if "memory" not in skip:
+        bench_memory(store, tiny, args, out)
+    if "paged" not in skip:
+        bench_paged(store, args, out)
+    report(out)
+    (work / "bench_dataset.json").write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

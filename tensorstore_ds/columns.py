@@ -9,6 +9,7 @@ into what the decoders and the caption index need, raising
 from __future__ import annotations
 
 import os
+import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ IMAGE_NAMES = ("image", "image_url", "img", "url", "jpg", "png")
 AUDIO_NAMES = ("audio", "audio_path", "wav", "flac", "mp3")
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 AUDIO_EXTS = {".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif"}
+KEPT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # one segment of format.manifest.check_name
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class ColumnPlan:
     caption_column: str
     multi_caption: bool
     keep_columns: tuple[str, ...]
+    media_dtype: str | None = None
 
 
 def plan_columns(source: Source, image_column: str | None, audio_column: str | None,
@@ -81,10 +84,32 @@ def plan_columns(source: Source, image_column: str | None, audio_column: str | N
     for role, name in named:
         if name and name not in available:
             raise ColumnNotFoundError(role, name, available)
+    for name in keep_columns:
+        if name in ("caption", "captions") or not KEPT_NAME.fullmatch(name) or list(keep_columns).count(name) > 1:
+            raise OptionsError(f"kept column {name!r} cannot be stored: kept columns are stored under their "
+                               "own name, which must be unique, not 'caption' or 'captions', and made of "
+                               "letters, digits, '_', '.' and '-'")
     feature = (source.dataset.features or {}).get(caption_column)
     multi = type(feature).__name__ in ("Sequence", "List", "LargeList")
+    dtype = _array_dtype((source.dataset.features or {}).get(column or ""))
     return ColumnPlan(media, column, audio_dir, audio_template, (clip_start_column, clip_end_column),
-                      caption_column, multi, tuple(keep_columns))
+                      caption_column, multi, tuple(keep_columns), dtype)
+
+
+def _array_dtype(feature: Any) -> str | None:
+    """The numpy dtype of an array column (``ArrayND``, nested lists of numbers), or None.
+
+    Rows come back as Python lists, which would lose it (uint8 pixels would read as int64).
+    """
+    while type(feature).__name__ in ("Sequence", "List", "LargeList"):
+        feature = feature.feature
+    if type(feature).__name__ not in ("Value", "Array2D", "Array3D", "Array4D", "Array5D"):
+        return None
+    try:
+        dtype = np.dtype(feature.dtype)
+    except TypeError:
+        return None
+    return dtype.name if dtype.kind in "uif" else None
 
 
 def _media_role(source: Source, image_column: str | None, audio_column: str | None,
@@ -154,7 +179,11 @@ def media_of(row: dict[str, Any], plan: ColumnPlan, base_dir: Path) -> MediaRef:
         path = value if os.path.isabs(value) else os.path.join(base_dir, value)
         return MediaRef("path", path, value)
     if isinstance(value, (list, np.ndarray)) and len(value):
-        return MediaRef("array", np.asarray(value), f"{plan.media_column} (array)")
+        try:
+            array = np.asarray(value, dtype=plan.media_dtype)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise SampleError("bad-array", f"column {plan.media_column!r} is not a regular array: {exc}") from None
+        return MediaRef("array", array, f"{plan.media_column} (array)")
     raise SampleError("missing-media", f"column {plan.media_column!r} is {_short(value)}")
 
 

@@ -75,6 +75,18 @@ class ConvertOptions:
             raise OptionsError(f"workers must be >= 0, not {self.workers}")
         if self.chunk_mb <= 0 or self.fetch_concurrency < 1:
             raise OptionsError("chunk_mb must be > 0 and fetch_concurrency >= 1")
+        try:  # the decoders and the fetcher check the rest; fail here, before a store is started
+            ImageOptions(self.image_size, self.resize, self.max_pixels, self.jpeg_draft)
+            AudioOptions(self.sample_rate, self.audio_seconds, self.resampler)
+            self.fetch_options()
+        except ValueError as exc:
+            raise OptionsError(str(exc)) from None
+
+    def fetch_options(self) -> FetchOptions:
+        """How URLs are downloaded."""
+        return FetchOptions(connect_timeout=min(10.0, self.timeout), read_timeout=self.timeout,
+                            retries=self.retries, max_bytes=int(self.max_download_mb * 2**20),
+                            allowed_schemes=tuple(self.allow_schemes))
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> ConvertOptions:
@@ -83,8 +95,9 @@ class ConvertOptions:
         unknown = sorted(set(options) - known)
         if unknown:
             raise OptionsError(f"unknown convert option(s) {unknown}; known: {sorted(known)}")
-        if isinstance(options.get("keep_columns"), str):
-            options = {**options, "keep_columns": tuple(c for c in options["keep_columns"].split(",") if c)}
+        for name in ("keep_columns", "allow_schemes"):
+            if isinstance(options.get(name), str):
+                options = {**options, name: tuple(c for c in options[name].split(",") if c)}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
 
     def preprocessing(self, columns: ColumnPlan, chunk_rows: int) -> dict[str, Any]:
@@ -154,9 +167,7 @@ def _run(src: Source, columns: ColumnPlan, opts: ConvertOptions, writer: StoreWr
     stop = opts.limit
     total = src.num_rows if stop is None else (min(stop, src.num_rows) if src.num_rows is not None else stop)
     workers = (os.cpu_count() or 1) if opts.workers is None else opts.workers
-    fetch = FetchOptions(connect_timeout=min(10.0, opts.timeout), read_timeout=opts.timeout, retries=opts.retries,
-                         max_bytes=int(opts.max_download_mb * 2**20), allowed_schemes=tuple(opts.allow_schemes))
-    fetcher = Fetcher(fetch, concurrency=opts.fetch_concurrency)
+    fetcher = Fetcher(opts.fetch_options(), concurrency=opts.fetch_concurrency)
     bar = tqdm(total=total, initial=writer.next_row, unit="sample", disable=not opts.progress,
                desc=f"converting {src.spec}"[:60], dynamic_ncols=True)
     with bar, Pipeline(decode_sample, workers, fetcher, opts.fetch_concurrency) as pipe:

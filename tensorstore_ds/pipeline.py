@@ -126,7 +126,12 @@ class Pipeline:
         if error is not None:
             outer.set_exception(error)
             return
-        _chain(self._decode(task, fetched.result()), outer)
+        try:
+            decoded = self._decode(task, fetched.result())
+        except BaseException as exc:  # raised in a fetch thread: hand it to map(), which waits on outer
+            outer.set_exception(exc)
+            return
+        _chain(decoded, outer)
 
     def _decode(self, task: Task, payload: Any) -> Future[dict[str, Any]]:
         if self._procs is not None:

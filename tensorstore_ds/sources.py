@@ -2,7 +2,8 @@
 
 A source is one of
 
-- a ``datasets.Dataset`` or ``datasets.IterableDataset`` object;
+- a ``datasets.Dataset`` or ``datasets.IterableDataset`` object (or a
+  ``DatasetDict``, of which ``split`` is taken);
 - a directory written by ``Dataset.save_to_disk``;
 - a folder in the imagefolder/audiofolder convention (media files plus
   ``metadata.jsonl``, ``metadata.csv`` or ``metadata.parquet`` with a
@@ -97,6 +98,8 @@ def open_source(source: Any, split: str = "train", **load_kwargs: Any) -> Source
     """
     import datasets
 
+    if isinstance(source, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        source = _pick_split(source, split, f"the {type(source).__name__}")
     if isinstance(source, (datasets.Dataset, datasets.IterableDataset)):
         fingerprint = getattr(source, "_fingerprint", None) or repr(source)
         return Source(source, "dataset", f"<{type(source).__name__} {fingerprint}>", fingerprint, Path.cwd())
@@ -157,7 +160,7 @@ def _open_hub(name: str, split: str, kwargs: dict[str, Any]) -> Source:
 
     try:
         ds = datasets.load_dataset(name, split=split, **kwargs)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:  # ValueError: 'Unknown split "x". Should be one of [...]'
         raise SourceError(f"cannot load dataset {name!r} (split {split!r}): {exc}") from exc
     except (ConnectionError, OSError) as exc:
         raise SourceError(f"cannot reach dataset {name!r}: {exc}") from exc

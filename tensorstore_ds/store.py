@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .errors import StoreFormatError
+from .format.layout import ArraySpec
 from .format.manifest import FAILURES, Manifest
 from .format.text import TextColumn
 from .readers.chunked import ChunkedArray, check_chunk_files
@@ -130,12 +131,26 @@ def open_store(path: str | os.PathLike[str]) -> Store:
         per_sample = not name.startswith("text/")
         if per_sample and spec.shape[0] != manifest.num_samples:
             raise StoreFormatError(meta, f"array has {spec.shape[0]} rows, the store has {manifest.num_samples} samples")
+        _check_zarr_metadata(meta, spec)
         check_chunk_files(root, spec)
     for name in manifest.text:
         for part in ("bytes", "offsets"):
             if f"text/{name}/{part}" not in manifest.arrays:
                 raise StoreFormatError(root / "manifest.json", f"text column {name!r} lacks its {part} array")
     return Store(root, manifest)
+
+
+def _check_zarr_metadata(meta: Path, spec: ArraySpec) -> None:
+    """The array's ``zarr.json`` describes the same layout as the manifest, so Zarr readers agree with us."""
+    try:
+        doc = json.loads(meta.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StoreFormatError(meta, f"array metadata is not valid JSON ({exc})") from None
+    expected = spec.metadata()
+    for key in ("zarr_format", "node_type", "shape", "data_type", "chunk_grid", "chunk_key_encoding", "codecs"):
+        found = doc.get(key) if isinstance(doc, dict) else None
+        if found != expected[key]:
+            raise StoreFormatError(meta, f"{key} is {found!r}, the manifest says {expected[key]!r}")
 
 
 def _load_text(store: Store, name: str) -> TextColumn:

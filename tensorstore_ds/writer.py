@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from .format.manifest import FAILURES, FORMAT_VERSION, MANIFEST, WORK_DIR, Manif
 from .format.text import TextColumnWriter, text_specs
 
 SMALL_CHUNK_ROWS = 2**20
+TEMP_FILE = re.compile(r"\..+\.tmp\d+")  # format.layout.write_bytes_atomic's temporary files
 
 
 @dataclass(frozen=True)
@@ -162,9 +164,11 @@ class StoreWriter:
             if others:
                 raise StoreError(f"{self.root} is not empty and is not a tensorstore_ds store "
                                  f"(holds {sorted(others)[:5]}); choose an empty directory or overwrite=True")
+            self._write_state()  # first: a crash between the two must not make the store look foreign
             write_group_metadata(self.root, FORMAT_VERSION)
-            self._write_state()
             return
+        if not (self.root / "zarr.json").exists():
+            write_group_metadata(self.root, FORMAT_VERSION)
         state = json.loads(state_path.read_bytes())
         self._check_options(state["options"])
         if state["source"].get("fingerprint") != self.plan.source.get("fingerprint"):
@@ -174,7 +178,8 @@ class StoreWriter:
 
     def _check_options(self, stored: dict[str, Any]) -> None:
         given = self.plan.options
-        for key in sorted(set(stored) | set(given)):
+        # In the plan's order: an option the user gave is named before the values derived from it.
+        for key in [*given, *(k for k in stored if k not in given)]:
             if stored.get(key) != given.get(key):
                 raise OptionsMismatchError(self.root, key, stored.get(key), given.get(key))
 
@@ -192,7 +197,8 @@ class StoreWriter:
                 self._buffers[column.name][slot] = values[column.name]
             else:
                 value = values[column.name]
-                self._part["small"][column.name].append(value.tolist() if isinstance(value, np.ndarray) else value)
+                numpy = isinstance(value, (np.ndarray, np.generic))  # audio_length is an np.int32 scalar
+                self._part["small"][column.name].append(value.tolist() if numpy else value)
         for name in self.plan.text:
             self._part["text"][name].append(text.get(name))
         self.converted += 1
@@ -208,7 +214,7 @@ class StoreWriter:
 
     def _commit(self, rows: int) -> None:
         for column in self.plan.columns:
-            if column.media:
+            if column.media and rows:  # a part of failures only has no media chunk
                 spec = ArraySpec(column.name, (rows, *column.row_shape), column.dtype, self.plan.chunk_rows)
                 write_chunk(self.root, spec, self.chunks, self._buffers[column.name][:rows], fsync=True)
         write_json_atomic(self.work / "parts" / f"{self.chunks:08d}.json", self._part)
@@ -228,10 +234,13 @@ class StoreWriter:
     def finish(self, counts: dict[str, Any]) -> Manifest:
         """Write the tail chunk, compact the parts, and write the manifest last."""
         if self.finished:
-            return Manifest.read(self.root)
+            manifest = Manifest.read(self.root)
+            self._remove_work()  # left behind by a crash after the manifest, or by our own lock
+            return manifest
+        # Negative when a crash hit after the tail was committed: it is committed already.
         tail = self.converted - self.chunks * self.plan.chunk_rows
-        if tail or self._part["failures"]:
-            self._commit(tail)
+        if tail > 0 or self._part["failures"]:
+            self._commit(max(tail, 0))
         arrays, failures_by_reason = self._compact()
         manifest = Manifest(
             num_samples=self.converted, arrays=arrays, text=dict(self.plan.text),
@@ -239,13 +248,24 @@ class StoreWriter:
             counts={**counts, "converted": self.converted, "failed": self.failed,
                     "failed_by_reason": failures_by_reason},
         )
+        self._remove_temp_files()
         manifest.write(self.root)
+        self._remove_work()
+        self.finished = True
+        return manifest
+
+    def _remove_temp_files(self) -> None:
+        """Delete the temporary files of atomic writes that a killed run left behind."""
+        for directory, _, files in os.walk(self.root):
+            for name in files:
+                if TEMP_FILE.fullmatch(name):
+                    os.unlink(os.path.join(directory, name))
+
+    def _remove_work(self) -> None:
         shutil.rmtree(self.work / "parts", ignore_errors=True)
         (self.work / "state.json").unlink(missing_ok=True)
         self.close()
         shutil.rmtree(self.work, ignore_errors=True)
-        self.finished = True
-        return manifest
 
     def _compact(self) -> tuple[dict[str, ArraySpec], dict[str, int]]:
         n, plan = self.converted, self.plan
@@ -265,7 +285,7 @@ class StoreWriter:
         os.replace(self.root / f".{FAILURES}.tmp", self.root / FAILURES)
         arrays: dict[str, ArraySpec] = {}
         for column in plan.columns:
-            rows = plan.chunk_rows if column.media else SMALL_CHUNK_ROWS
+            rows = plan.chunk_rows if column.media else max(1, min(SMALL_CHUNK_ROWS, n))  # no padding to 2**20
             spec = ArraySpec(column.name, (n, *column.row_shape), column.dtype, rows)
             if column.media:
                 write_array_metadata(self.root, spec)

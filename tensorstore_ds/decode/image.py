@@ -48,6 +48,7 @@ import io
 import math
 import numbers
 import os
+import re
 import struct
 from dataclasses import dataclass
 from typing import Union
@@ -183,7 +184,9 @@ def decode_image(source: ImageSource, options: ImageOptions) -> tuple[np.ndarray
 def _undecodable(exc: BaseException) -> DecodeError:
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         return DecodeError("decompression-bomb", str(exc))
-    return DecodeError("undecodable-image", f"{type(exc).__name__}: {exc}")
+    # Pillow names in-memory files by their repr, whose address changes from run to run.
+    detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the image bytes", str(exc))
+    return DecodeError("undecodable-image", f"{type(exc).__name__}: {detail}")
 
 
 def _open(

@@ -113,8 +113,9 @@ class ArraySpec:
 def chunk_rows_for(row_bytes: int, target_bytes: int) -> int:
     """Rows per chunk so that a chunk file is about ``target_bytes``.
 
-    Rounded down to a multiple of 8 rows when that keeps at least 8, which
-    makes the chunk size page-aligned for the usual image and audio shapes.
+    Rounded down to a multiple of 8 rows from 16 rows up (so rounding never
+    loses more than a third), which makes the chunk size page-aligned for the
+    usual image and audio shapes; fewer rows are kept as they are.
     """
     rows = max(1, target_bytes // max(1, row_bytes))
     return rows - rows % 8 if rows >= 16 else rows
@@ -130,12 +131,16 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes | memoryview, f
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_group_metadata(root: Path, format_version: int) -> None:

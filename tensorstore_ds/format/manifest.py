@@ -28,7 +28,7 @@ _MAX_MANIFEST_BYTES = 64 * 2**20
 
 def check_name(name: str, where: Path) -> str:
     """Reject array or column names that could escape the store directory."""
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name.split("/"):
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name.split("/"):
         raise StoreFormatError(where, f"name {name!r} is not a safe store-relative path")
     return name
 

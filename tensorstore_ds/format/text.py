@@ -33,9 +33,12 @@ def encode_value(value: Any, encoding: str) -> bytes:
 
 
 def text_specs(name: str, num_samples: int, num_bytes: int) -> tuple[ArraySpec, ArraySpec]:
-    """Specs of a text column's ``bytes`` and ``offsets`` arrays."""
-    data = ArraySpec(f"text/{name}/bytes", (num_bytes,), "uint8", BYTES_CHUNK)
-    offsets = ArraySpec(f"text/{name}/offsets", (num_samples + 1,), "int64", OFFSETS_CHUNK)
+    """Specs of a text column's ``bytes`` and ``offsets`` arrays.
+
+    A column that fits in one chunk gets a chunk of its own size, not megabytes of padding.
+    """
+    data = ArraySpec(f"text/{name}/bytes", (num_bytes,), "uint8", max(1, min(BYTES_CHUNK, num_bytes)))
+    offsets = ArraySpec(f"text/{name}/offsets", (num_samples + 1,), "int64", min(OFFSETS_CHUNK, num_samples + 1))
     return data, offsets
 
 
@@ -108,6 +111,9 @@ class TextColumn:
         return len(self.offsets) - 1
 
     def __getitem__(self, i: int) -> Any:
+        index, i = i, int(i) + (len(self) if i < 0 else 0)
+        if not 0 <= i < len(self):
+            raise IndexError(f"text index {index} out of range for {len(self)} samples")
         start, stop = int(self.offsets[i]), int(self.offsets[i + 1])
         raw = self.data[start:stop].tobytes()
         return raw.decode("utf-8") if self.encoding == "utf-8" else json.loads(raw)

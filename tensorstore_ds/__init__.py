@@ -22,6 +22,8 @@ _EXPORTS = {
     "convert": ".convert",
     "errors": ".errors",
     "open_store": ".store",
+    "verify": ".checksums",
+    "VerifyReport": ".checksums",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])

@@ -88,6 +88,14 @@ def _format_info(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _run_verify(args: argparse.Namespace) -> int:
+    from .checksums import verify
+
+    report = verify(args.store, progress=not args.quiet)
+    print(report)
+    return 0 if report.ok else 1
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -102,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe a store")
     p.add_argument("store")
     p.add_argument("--json", action="store_true", help="print JSON for programs")
+    p = sub.add_parser("verify", help="re-read every file of a store and check it against the manifest")
+    p.add_argument("store")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p = sub.add_parser("demo", help="convert a built-in sample dataset, load it, and iterate as training would")
     p.add_argument("--workdir", default=None, help="where to put the sample data and store (default: a temp dir)")
     p.add_argument("--samples", type=int, default=1000)
@@ -113,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = build_parser().parse_args(argv)
-    handler = {"convert": _run_convert, "info": _run_info, "demo": _run_demo}[args.command]
+    handler = {"convert": _run_convert, "info": _run_info, "verify": _run_verify, "demo": _run_demo}[args.command]
     try:
         return handler(args)
     except TensorStoreDSError as exc:

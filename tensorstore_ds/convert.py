@@ -139,7 +139,7 @@ def convert(source: Any, out: str | os.PathLike[str], **options: Any) -> Manifes
     try:
         if not writer.finished:
             _run(src, columns, opts, writer)
-        return writer.finish({"rows_read": writer.next_row})
+        return writer.finish({"rows_read": writer.next_row}, progress=opts.progress)
     finally:
         writer.close()
 

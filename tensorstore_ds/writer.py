@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .checksums import checksum_files, store_files
 from .errors import OptionsMismatchError, StoreError, StoreLockedError
 from .format.layout import ArraySpec, write_array, write_array_metadata, write_chunk, write_group_metadata, write_json_atomic
 from .format.manifest import FAILURES, FORMAT_VERSION, MANIFEST, WORK_DIR, Manifest
@@ -231,8 +232,8 @@ class StoreWriter:
 
     # --- the end -------------------------------------------------------------
 
-    def finish(self, counts: dict[str, Any]) -> Manifest:
-        """Write the tail chunk, compact the parts, and write the manifest last."""
+    def finish(self, counts: dict[str, Any], progress: bool = False) -> Manifest:
+        """Write the tail chunk, compact the parts, checksum every file, write the manifest last."""
         if self.finished:
             manifest = Manifest.read(self.root)
             self._remove_work()  # left behind by a crash after the manifest, or by our own lock
@@ -249,6 +250,7 @@ class StoreWriter:
                     "failed_by_reason": failures_by_reason},
         )
         self._remove_temp_files()
+        manifest.files = checksum_files(self.root, store_files(self.root), progress=progress)
         manifest.write(self.root)
         self._remove_work()
         self.finished = True

@@ -258,6 +258,17 @@ class TestServing:
         assert [c for b in batches for c in b["caption"]] == expected.caption
         assert collate([ds[0], ds[1]])["n_words"].tolist() == [2, 2]
 
+    def test_kept_batches_are_never_overwritten(self, stores: Stores, expected: Expected, mode: str) -> None:
+        """Batches come from reused ring slots; one the user keeps must stay intact."""
+        ds = dataset(stores.image, mode)
+        kept = [collate(ds.__getitems__([i, (i + 7) % len(ds)])) for i in range(len(ds))]
+        loader = DataLoader(ds, batch_size=3, shuffle=True, collate_fn=collate, num_workers=2,
+                            multiprocessing_context="fork")
+        kept += list(loader) + list(loader)  # more batches than any ring has slots
+        for batch in kept:
+            index = batch["index"].numpy()
+            assert np.array_equal(batch["image"].permute(0, 2, 3, 1).numpy(), expected.images[index])
+
     @pytest.mark.parametrize("context", ["fork", "spawn"])
     def test_dataloader_workers_serve_every_sample_once(self, stores: Stores, expected: Expected, mode: str,
                                                         context: str) -> None:

@@ -44,6 +44,21 @@ class Batch(Sequence):  # type: ignore[type-arg]
     def __len__(self) -> int:
         return len(self.indices)
 
+    def release(self) -> None:
+        """Give a worker's ring slot back at once, after copying out what is needed.
+
+        Only for a batch gathered in a DataLoader worker that does not go on
+        through :func:`collate` (whose main-process side frees the slot when the
+        tensors are dropped). The batch's arrays are gone afterwards.
+        """
+        if self.slot is not None:
+            from .ring import FREE
+
+            _, state, s, _, _ = self.slot
+            state[s] = FREE
+            self.slot = None
+        self.arrays, self._tensors = {}, None
+
     def __getitem__(self, i: Any) -> dict[str, Any]:  # type: ignore[override]
         item = {k: v[i] for k, v in self.tensors().items()}
         item["index"] = int(self.indices[i])

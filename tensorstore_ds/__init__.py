@@ -1,7 +1,8 @@
 """tensorstore_ds: image-text and audio-text datasets as training-ready tensors.
 
 Convert once with :func:`convert`; serve with :class:`TensorStoreDataset` (RAM
-or paged) or read with :func:`open_store` (numpy, no torch).
+or paged) or read with :func:`open_store` (numpy, no torch), from a directory
+or a URL; copy a store with :func:`pull`, combine stores with :func:`merge`.
 Nothing heavy is imported until a name is used.
 """
 
@@ -16,12 +17,15 @@ _EXPORTS = {
     "Batch": ".batch",
     "ChunkShuffleSampler": ".sampler",
     "ConvertOptions": ".convert",
+    "MultiStoreDataset": ".multi",
     "Store": ".store",
     "TensorStoreDataset": ".dataset",
     "collate": ".batch",
     "convert": ".convert",
     "errors": ".errors",
+    "merge": ".merge_stores",
     "open_store": ".store",
+    "pull": ".pull_store",
     "verify": ".checksums",
     "VerifyReport": ".checksums",
 }

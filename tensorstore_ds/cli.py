@@ -96,6 +96,25 @@ def _run_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _run_pull(args: argparse.Namespace) -> int:
+    from .budget import format_bytes
+    from .pull_store import pull
+
+    manifest = pull(args.url, args.dest, workers=args.workers, progress=not args.quiet, retries=args.retries)
+    size = sum(entry["size"] for entry in manifest.files.values())
+    print(f"store {args.dest}: {len(manifest.files) + 1} files ({format_bytes(size)}) from {args.url}, all verified")
+    return 0
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    from .merge_stores import merge
+    from .report import summary
+
+    manifest = merge(args.out, args.stores, progress=not args.quiet)
+    print(summary(args.out, manifest))
+    return 0
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -113,6 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="re-read every file of a store and check it against the manifest")
     p.add_argument("store")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p = sub.add_parser("pull", help="copy a store from a URL (http, s3, gs, ...), verified and resumable")
+    p.add_argument("url", help="the store's URL")
+    p.add_argument("dest", help="a new or empty directory (or an interrupted pull into it, which is resumed)")
+    p.add_argument("--workers", type=int, default=8, help="parallel transfers")
+    p.add_argument("--retries", type=int, default=3, help="failed requests tolerated per file before stopping")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p = sub.add_parser("merge", help="merge stores converted from consecutive parts of one source",
+                       description="Merge stores converted from consecutive parts of one source, with the same "
+                                   "options, into the store a conversion of the whole would make. Each part's "
+                                   "source rows are offset by the rows read by the parts before it.")
+    p.add_argument("out", help="the merged store's directory")
+    p.add_argument("stores", nargs="+", help="store directories or URLs, in source order")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p = sub.add_parser("demo", help="convert a built-in sample dataset, load it, and iterate as training would")
     p.add_argument("--workdir", default=None, help="where to put the sample data and store (default: a temp dir)")
     p.add_argument("--samples", type=int, default=1000)
@@ -124,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = build_parser().parse_args(argv)
-    handler = {"convert": _run_convert, "info": _run_info, "verify": _run_verify, "demo": _run_demo}[args.command]
+    handler = {"convert": _run_convert, "info": _run_info, "verify": _run_verify, "pull": _run_pull,
+               "merge": _run_merge, "demo": _run_demo}[args.command]
     try:
         return handler(args)
     except TensorStoreDSError as exc:

@@ -28,7 +28,11 @@ class TensorStoreDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
     Parameters
     ----------
     path
-        The store directory.
+        The store directory, an fsspec URL of one (``https://...``,
+        ``s3://...``: files are downloaded into a local cache as they are
+        needed, see :func:`~tensorstore_ds.open_store`), an opened
+        :class:`~tensorstore_ds.Store`, or a list of any of these, served as
+        one dataset (a :class:`~tensorstore_ds.multi.MultiStoreDataset`).
     fields
         What to serve: ``"image"`` or ``"audio"``, ``"caption"``, and any of
         ``"captions"``, kept columns, ``"image_size"``, ``"audio_length"``
@@ -46,16 +50,27 @@ class TensorStoreDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
     channels_last
         Serve images as (H, W, C) instead of a (C, H, W) view.
     progress
-        Show a progress bar while loading into RAM.
+        Show a progress bar while loading into RAM (or downloading).
+    cache_dir, cache_limit, storage_options
+        For stores at a URL: see :func:`~tensorstore_ds.open_store`.
     """
 
-    def __init__(self, path: str | os.PathLike[str], fields: Sequence[str] | None = None,
+    def __new__(cls, path: Any = None, *args: Any, **kwargs: Any) -> TensorStoreDataset:
+        if cls is TensorStoreDataset and isinstance(path, (list, tuple)):
+            from .multi import MultiStoreDataset
+
+            return super().__new__(MultiStoreDataset)
+        return super().__new__(cls)
+
+    def __init__(self, path: str | os.PathLike[str] | Store, fields: Sequence[str] | None = None,
                  memory_budget: int | float | str = "auto", mode: str = "auto",
                  transform: Callable[[dict[str, Any]], Any] | None = None, channels_last: bool = False,
-                 progress: bool = True) -> None:
+                 progress: bool = True, cache_dir: str | os.PathLike[str] | None = None,
+                 cache_limit: int | str | None = None, storage_options: dict[str, Any] | None = None) -> None:
         if mode not in MODES:
             raise OptionsError(f"mode must be one of {MODES}, not {mode!r}")
-        self.store: Store = open_store(path)
+        self.store: Store = path if isinstance(path, Store) else open_store(path, cache_dir, cache_limit,
+                                                                             storage_options)
         self.path = self.store.path
         self.transform = transform
         self.channels_last = channels_last
@@ -63,7 +78,10 @@ class TensorStoreDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
         self.arrays_fields, self.text_fields = _select(self.store, fields)
         self.nbytes = sum(self.store.field_nbytes(f) for f in self.arrays_fields + self.text_fields)
         self.mode, self.mode_reason = _decide(mode, self.nbytes, self.budget)
-        log.info("tensorstore_ds: %s serves %s in %s mode: %s", self.path, self.fields, self.mode, self.mode_reason)
+        log.info("tensorstore_ds: %s serves %s in %s mode: %s", self.store.location, self.fields, self.mode,
+                 self.mode_reason)
+        texts = [f"text/{t}/{part}" for t in self.text_fields for part in ("bytes", "offsets")]
+        self.store.fetch(texts + (self.arrays_fields if self.mode == "ram" else []), progress)
         self._text = _load_text(self.store, self.text_fields)
         self._arrays = self._open_arrays(progress)
 
@@ -91,7 +109,8 @@ class TensorStoreDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
         if self.mode == "paged":
             media_bytes = max(1, self.budget - sum(self.store.field_nbytes(t) for t in self.text_fields))
             share = media_bytes // max(1, len(self.arrays_fields))
-            return {f: ChunkedArray(self.path, self.store.manifest.arrays[f], share) for f in self.arrays_fields}
+            return {f: ChunkedArray(self.path, self.store.manifest.arrays[f], share, self.store.files)
+                    for f in self.arrays_fields}
         return {f: _load_ram(self.store.array(f), progress) for f in self.arrays_fields}
 
     def __len__(self) -> int:
@@ -135,7 +154,7 @@ class TensorStoreDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
                 array.close()
 
     def __repr__(self) -> str:
-        return (f"TensorStoreDataset({str(self.path)!r}, samples={len(self)}, fields={self.fields}, "
+        return (f"TensorStoreDataset({self.store.location!r}, samples={len(self)}, fields={self.fields}, "
                 f"mode={self.mode!r}, {format_bytes(self.nbytes)} of budget {format_bytes(self.budget)})")
 
 
@@ -158,7 +177,7 @@ def _select(store: Store, fields: Sequence[str] | None) -> tuple[list[str], list
             arrays.append(name)
         else:
             known = sorted({_public(a) for a in store.array_names} | set(store.manifest.text) | {"length"})
-            raise OptionsError(f"store {store.path} has no field {requested!r}; fields: {known}")
+            raise OptionsError(f"store {store.location} has no field {requested!r}; fields: {known}")
     return arrays, text
 
 

@@ -208,3 +208,49 @@ class SharedMemoryError(TensorStoreDSError, OSError):
             f"RAM mode needs {format_bytes(needed)} of shared memory, {where} has {format_bytes(free)} free; "
             "enlarge it (docker: --shm-size), set TENSORSTORE_DS_SHM_DIR, or use mode='paged'"
         )
+
+
+# --- several stores --------------------------------------------------------
+
+
+class StoresMismatchError(OptionsMismatchError):
+    """Stores merged or served together were made with different options or layouts."""
+
+    def __init__(self, first: str | os.PathLike[str], other: str | os.PathLike[str], option: str,
+                 first_value: Any, other_value: Any) -> None:
+        TensorStoreDSError.__init__(self, os.fspath(first), os.fspath(other), option, first_value, other_value)
+
+    def _message(self, first: str, other: str, option: str, first_value: Any,  # type: ignore[override]
+                 other_value: Any) -> str:
+        return (
+            f"stores {first} and {other} differ in {option}: {first_value!r} and {other_value!r}; "
+            "only stores converted with the same preprocessing options can be combined"
+        )
+
+
+# --- writing ---------------------------------------------------------------
+
+
+class StoreWriteError(StoreError):
+    """Writing a store failed (disk full, quota, I/O error); rerunning the conversion resumes it.
+
+    ``errno`` and ``filename`` are those of the operating system's error
+    (``errno.ENOSPC`` when the disk is full), as for any :class:`OSError`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], file: str | os.PathLike[str], error: int | None,
+                 reason: str, committed: int) -> None:
+        super().__init__(os.fspath(path), os.fspath(file), error, reason, committed)
+        self.errno = error
+        self.strerror = reason
+        self.filename = os.fspath(file)
+
+    def _message(self, path: str, file: str, error: int | None, reason: str,  # type: ignore[override]
+                 committed: int) -> str:
+        return (
+            f"writing store {path} failed: {reason} (errno {error}, {file}); the {committed} samples "
+            "committed so far are kept: free space (or fix the cause) and rerun the same convert command to resume"
+        )
+
+    def __str__(self) -> str:  # OSError would otherwise format errno, strerror and filename
+        return str(self.args[0])

@@ -1,4 +1,9 @@
-"""``open_store``: a finished store as numpy arrays and text, without torch."""
+"""``open_store``: a finished store as numpy arrays and text, without torch.
+
+A store is a local directory or, for any fsspec URL (``https://``, ``s3://``,
+``gs://``...), a local cache of one that fetches files as they are needed
+(see :mod:`tensorstore_ds.remote`). ``file://`` URLs and paths are local.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from .errors import StoreFormatError
 from .format.layout import ArraySpec
 from .format.manifest import FAILURES, Manifest
 from .format.text import TextColumn
-from .readers.chunked import ChunkedArray, check_chunk_files
+from .readers.chunked import ChunkedArray, LocalFiles, StoreFiles
 
 MEDIA_FIELDS = {"image": "images", "audio": "audio"}
 
@@ -28,11 +33,15 @@ class Store:
         The store directory.
     manifest
         Its validated manifest.
+    files
+        Where its files are (default: under ``path``); for a remote store,
+        ``path`` is the local cache directory.
     """
 
-    def __init__(self, path: Path, manifest: Manifest) -> None:
+    def __init__(self, path: Path, manifest: Manifest, files: StoreFiles | None = None) -> None:
         self.path = path
         self.manifest = manifest
+        self.files: StoreFiles = files if files is not None else LocalFiles(path)
         self._arrays: dict[str, ChunkedArray] = {}
         self._text: dict[str, TextColumn] = {}
 
@@ -40,7 +49,12 @@ class Store:
         return self.manifest.num_samples
 
     def __repr__(self) -> str:
-        return f"Store({str(self.path)!r}, samples={len(self)}, fields={self.fields})"
+        return f"Store({self.location!r}, samples={len(self)}, fields={self.fields})"
+
+    @property
+    def location(self) -> str:
+        """The store's path, or its URL for a remote store."""
+        return self.files.location
 
     @property
     def fields(self) -> list[str]:
@@ -56,12 +70,12 @@ class Store:
         """A per-sample array (``images``, ``audio``, ``image_size``, ...), memory-mapped."""
         name = MEDIA_FIELDS.get(name, name)
         if name not in self.manifest.arrays or name.startswith("text/"):
-            raise KeyError(f"store {self.path} has no array {name!r}; arrays: {self.array_names}")
+            raise KeyError(f"store {self.location} has no array {name!r}; arrays: {self.array_names}")
         return self._chunked(name)
 
     def _chunked(self, name: str) -> ChunkedArray:
         if name not in self._arrays:
-            self._arrays[name] = ChunkedArray(self.path, self.manifest.arrays[name])
+            self._arrays[name] = ChunkedArray(self.path, self.manifest.arrays[name], files=self.files)
         return self._arrays[name]
 
     @property
@@ -77,7 +91,8 @@ class Store:
     def load_text(self, name: str) -> TextColumn:
         """Read a text column afresh, without keeping it in this object."""
         if name not in self.manifest.text:
-            raise KeyError(f"store {self.path} has no text column {name!r}; columns: {sorted(self.manifest.text)}")
+            raise KeyError(f"store {self.location} has no text column {name!r}; "
+                           f"columns: {sorted(self.manifest.text)}")
         return _load_text(self, name)
 
     @property
@@ -93,11 +108,15 @@ class Store:
 
     def failures(self) -> list[dict[str, Any]]:
         """Every failed source row: ``row``, ``key``, ``reason``, ``detail``."""
-        path = self.path / FAILURES
-        if not path.exists():
+        if not self.files.exists(FAILURES):
             return []
-        with open(path, encoding="utf-8") as f:
+        with open(self.files.path(FAILURES), encoding="utf-8") as f:
             return [json.loads(line) for line in f if line.strip()]
+
+    def fetch(self, names: list[str], progress: bool = False) -> None:
+        """Download every chunk of these arrays now, in parallel (a no-op for a local store)."""
+        keys = [spec.chunk_key(k) for spec in (self.manifest.arrays[n] for n in names) for k in range(spec.num_chunks)]
+        self.files.fetch(keys, progress)
 
     def close(self) -> None:
         """Unmap every mapped chunk."""
@@ -110,53 +129,97 @@ class Store:
         return sum(spec.nbytes for spec in self.manifest.arrays.values())
 
 
-def open_store(path: str | os.PathLike[str]) -> Store:
-    """Open and check a finished store.
+def open_store(path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None,
+               cache_limit: int | str | None = None, storage_options: dict[str, Any] | None = None) -> Store:
+    """Open and check a finished store, local or at a URL.
 
     Every check happens before anything is mapped: the manifest's format
     version, the Zarr metadata of every array, and the size of every chunk
-    file (a truncated file is an error here, never a SIGBUS later).
+    file (a truncated file is an error here, never a SIGBUS later). A remote
+    store's files are checked (size and SHA-256) as they arrive.
+
+    Parameters
+    ----------
+    path
+        A store directory, or any fsspec URL of one (``https://host/store``,
+        ``s3://bucket/store``); ``file://`` URLs are local.
+    cache_dir
+        Remote stores only: the local directory that mirrors the store
+        (default: ``$TENSORSTORE_DS_CACHE/remote/<hash of the URL>``).
+    cache_limit
+        Remote stores only: bytes (or ``"20GiB"``) of chunk files kept in the
+        cache; the least recently used are deleted beyond it.
+    storage_options
+        Remote stores only: passed to fsspec (credentials, endpoints, ...).
 
     Raises
     ------
     StoreNotFoundError, StoreIncompleteError, StoreFormatError
-        With the path of the offending file.
+        With the path or URL of the offending file.
     """
-    root = Path(path)
-    manifest = Manifest.read(root)
+    files: StoreFiles
+    if is_url(path):
+        from .remote import RemoteFiles
+
+        remote = RemoteFiles.connect(os.fspath(path), cache_dir, cache_limit, storage_options)
+        files, manifest = remote, remote.manifest
+    else:
+        files = LocalFiles(local_path(path))
+        manifest = Manifest.read(files.root)
+    _check_store(manifest, files)
+    return Store(files.root, manifest, files)
+
+
+def is_url(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` names a remote store (a URL other than ``file://``)."""
+    text = os.fspath(path)
+    return isinstance(text, str) and "://" in text and not text.startswith("file://")
+
+
+def local_path(path: str | os.PathLike[str]) -> Path:
+    """A local path, from a path or a ``file://`` URL."""
+    text = os.fspath(path)
+    if isinstance(text, str) and text.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        return Path(unquote(urlparse(text).path))
+    return Path(text)
+
+
+def _check_store(manifest: Manifest, files: StoreFiles) -> None:
     for name, spec in manifest.arrays.items():
-        meta = root / name / "zarr.json"
-        if not meta.is_file():
-            raise StoreFormatError(meta, f"metadata of array {name!r} is missing")
+        key = f"{name}/zarr.json"
+        if not files.exists(key):
+            raise StoreFormatError(files.where(key), f"metadata of array {name!r} is missing")
         per_sample = not name.startswith("text/")
         if per_sample and spec.shape[0] != manifest.num_samples:
-            raise StoreFormatError(meta, f"array has {spec.shape[0]} rows, the store has {manifest.num_samples} samples")
-        _check_zarr_metadata(meta, spec)
-        check_chunk_files(root, spec)
+            raise StoreFormatError(files.where(key),
+                                   f"array has {spec.shape[0]} rows, the store has {manifest.num_samples} samples")
+        _check_zarr_metadata(files.path(key), spec, files.where(key))
+        files.check_chunks(spec)
     for name in manifest.text:
         for part in ("bytes", "offsets"):
             if f"text/{name}/{part}" not in manifest.arrays:
-                raise StoreFormatError(root / "manifest.json", f"text column {name!r} lacks its {part} array")
-    return Store(root, manifest)
+                raise StoreFormatError(files.where("manifest.json"), f"text column {name!r} lacks its {part} array")
 
 
-def _check_zarr_metadata(meta: Path, spec: ArraySpec) -> None:
+def _check_zarr_metadata(meta: Path, spec: ArraySpec, where: str) -> None:
     """The array's ``zarr.json`` describes the same layout as the manifest, so Zarr readers agree with us."""
     try:
         doc = json.loads(meta.read_bytes())
     except (ValueError, UnicodeDecodeError) as exc:
-        raise StoreFormatError(meta, f"array metadata is not valid JSON ({exc})") from None
+        raise StoreFormatError(where, f"array metadata is not valid JSON ({exc})") from None
     expected = spec.metadata()
     for key in ("zarr_format", "node_type", "shape", "data_type", "chunk_grid", "chunk_key_encoding", "codecs"):
         found = doc.get(key) if isinstance(doc, dict) else None
         if found != expected[key]:
-            raise StoreFormatError(meta, f"{key} is {found!r}, the manifest says {expected[key]!r}")
+            raise StoreFormatError(where, f"{key} is {found!r}, the manifest says {expected[key]!r}")
 
 
 def _load_text(store: Store, name: str) -> TextColumn:
     data = np.asarray(store._chunked(f"text/{name}/bytes"))
     offsets = np.asarray(store._chunked(f"text/{name}/offsets"))
-    where = store.path / "text" / name / "offsets"
+    where = store.files.where(f"text/{name}/offsets")
     if len(offsets) != len(store) + 1 or (len(offsets) and (offsets[0] != 0 or offsets[-1] != len(data))):
         raise StoreFormatError(where, f"offsets do not span the {len(data)} text bytes of {len(store)} samples")
     if np.any(np.diff(offsets) < 0):

@@ -5,6 +5,11 @@ mapped with :mod:`mmap` and viewed with numpy. Mappings are opened lazily and
 kept in a least-recently-used set whose total size stays under a byte budget,
 so the process's resident memory stays bounded over a whole epoch. Mappings
 are per process: a forked or unpickled copy starts with none.
+
+Files are reached through a provider: :class:`LocalFiles` for a store
+directory, ``remote.RemoteFiles`` for a store at a URL (which downloads and
+verifies a file into its local cache the first time it is needed). Both give a
+local path, so everything after that is the same code.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import mmap
 import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterable, Protocol
 
 import numpy as np
 
@@ -38,6 +43,82 @@ def check_chunk_files(root: Path, spec: ArraySpec) -> None:
             raise StoreFormatError(path, f"chunk file is {what}: {st.st_size} bytes, expected {spec.chunk_bytes}")
 
 
+class StoreFiles(Protocol):
+    """Where a store's files are: a local directory, or a local cache of a URL."""
+
+    root: Path
+    location: str
+
+    def where(self, key: str) -> str:
+        """The file's location for messages (a path or a URL)."""
+
+    def exists(self, key: str) -> bool:
+        """Whether the store has this file."""
+
+    def path(self, key: str) -> Path:
+        """A local path of the file (downloaded and verified first if remote)."""
+
+    def open(self, key: str) -> IO[bytes]:
+        """The file, opened unbuffered for reading."""
+
+    def check_chunks(self, spec: ArraySpec) -> None:
+        """Every chunk file of ``spec`` has the chunk size (before anything is mapped)."""
+
+    def prefetch(self, keys: Iterable[str]) -> None:
+        """Start making these files readable fast, in the background."""
+
+    def fetch(self, keys: Iterable[str], progress: bool = False) -> None:
+        """Make these files local now (a no-op for a local store)."""
+
+
+class LocalFiles:
+    """The files of a store directory.
+
+    Parameters
+    ----------
+    root
+        The store directory.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.location = str(root)
+
+    def where(self, key: str) -> str:
+        return str(self.root / key)
+
+    def exists(self, key: str) -> bool:
+        return (self.root / key).is_file()
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def open(self, key: str) -> IO[bytes]:
+        return open(self.root / key, "rb", buffering=0)
+
+    def check_chunks(self, spec: ArraySpec) -> None:
+        check_chunk_files(self.root, spec)
+
+    def prefetch(self, keys: Iterable[str]) -> None:
+        fadvise_willneed(self.root, keys)
+
+    def fetch(self, keys: Iterable[str], progress: bool = False) -> None:
+        pass
+
+
+def fadvise_willneed(root: Path, keys: Iterable[str]) -> None:
+    """Start reading whole files into the page cache, asynchronously (missing files are skipped)."""
+    for key in keys:
+        try:
+            fd = os.open(root / key, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
+
+
 class ChunkedArray:
     """Read-only access to one store array through memory-mapped chunk files.
 
@@ -49,12 +130,16 @@ class ChunkedArray:
         The array's spec from the manifest (already validated).
     max_mapped_bytes
         Budget for mapped chunks; the least recently used are unmapped beyond it.
+    files
+        Where the chunk files are; default: the files under ``root``.
     """
 
-    def __init__(self, root: Path, spec: ArraySpec, max_mapped_bytes: int | None = None) -> None:
+    def __init__(self, root: Path, spec: ArraySpec, max_mapped_bytes: int | None = None,
+                 files: StoreFiles | None = None) -> None:
         self.root = root
         self.spec = spec
         self.max_mapped_bytes = max_mapped_bytes
+        self.files: StoreFiles = files if files is not None else LocalFiles(root)
         self._maps: OrderedDict[int, tuple[mmap.mmap, np.ndarray]] = OrderedDict()
 
     @property
@@ -77,7 +162,7 @@ class ChunkedArray:
         if hit is not None:
             self._maps.move_to_end(k)
             return hit[1]
-        with open(self.root / self.spec.chunk_key(k), "rb") as f:
+        with self.files.open(self.spec.chunk_key(k)) as f:
             size = os.fstat(f.fileno()).st_size
             if size != self.spec.chunk_bytes:
                 raise StoreFormatError(self.root / self.spec.chunk_key(k),
@@ -102,16 +187,8 @@ class ChunkedArray:
             _close_map(mapped)
 
     def prefetch(self, chunks: Any) -> None:
-        """Start reading whole chunk files into the page cache, asynchronously."""
-        for k in chunks:
-            try:
-                fd = os.open(self.root / self.spec.chunk_key(int(k)), os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-            finally:
-                os.close(fd)
+        """Start reading whole chunk files into the page cache (or downloading them), asynchronously."""
+        self.files.prefetch([self.spec.chunk_key(int(k)) for k in chunks])
 
     def willneed(self, indices: np.ndarray) -> None:
         """Advise the kernel that the rows at ``indices`` are read next."""
@@ -151,7 +228,7 @@ class ChunkedArray:
         done = 0
         for k in range(self.spec.num_chunks):
             want = min(self.spec.chunk_bytes, self.spec.nbytes - done)
-            with open(self.root / self.spec.chunk_key(k), "rb", buffering=0) as f:
+            with self.files.open(self.spec.chunk_key(k)) as f:
                 got = f.readinto(memoryview(flat[done : done + want]))
             if got != want:
                 raise StoreFormatError(self.root / self.spec.chunk_key(k), f"read {got} bytes, expected {want}")

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any, Sequence
 
-from .convert import ConvertOptions
+from .conversion import ConvertOptions
 from .errors import TensorStoreDSError
 
 CONVERT_HELP = {
@@ -60,7 +60,7 @@ def _add_convert(sub: Any) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from .convert import convert
+    from .conversion import convert
     from .report import summary
 
     options = {f.name: getattr(args, f.name) for f in dataclasses.fields(ConvertOptions)}

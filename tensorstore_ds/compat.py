@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch.utils.data
 
-from .convert import ConvertOptions, convert
+from .conversion import ConvertOptions, convert
 from .errors import OptionsError, StoreError, StoreLockedError
 from .format.manifest import FORMAT_VERSION, MANIFEST, Manifest
 

@@ -24,7 +24,7 @@ def run_demo(workdir: str | os.PathLike[str] | None = None, samples: int = 1000,
     dict
         The figures printed: conversion and loading rates, memory, paths.
     """
-    from .convert import convert
+    from .conversion import convert
 
     root = Path(workdir) if workdir is not None else default_workdir()
     source, store = root / f"images-{samples}", root / f"store-{samples}"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tensorstore_ds.convert import convert
+from tensorstore_ds.conversion import convert
 from tensorstore_ds.store import Store
 
 SIZE = 16

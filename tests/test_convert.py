@@ -24,7 +24,7 @@ import soundfile as sf
 import zarr
 
 from tensorstore_ds.cli import main
-from tensorstore_ds.convert import convert
+from tensorstore_ds.conversion import convert
 from tensorstore_ds.decode import decode_sample
 from tensorstore_ds.decode.audio import AudioOptions, decode_audio
 from tensorstore_ds.decode.image import ImageOptions, decode_image

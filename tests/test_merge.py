@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from tensorstore_ds import ChunkShuffleSampler, MultiStoreDataset, TensorStoreDataset, collate, open_store, verify
 from tensorstore_ds.cli import main
-from tensorstore_ds.convert import convert
+from tensorstore_ds.conversion import convert
 from tensorstore_ds.errors import OptionsError, OptionsMismatchError, StoreError, StoresMismatchError
 from tensorstore_ds.merge_stores import merge
 from tensorstore_ds.writer import StoreWriter

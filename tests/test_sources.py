@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tensorstore_ds.convert import convert
+from tensorstore_ds.conversion import convert
 from tensorstore_ds.decode.audio import AudioOptions, decode_audio
 from tensorstore_ds.decode.image import ImageOptions, decode_image
 from tensorstore_ds.errors import OptionsError, SourceError

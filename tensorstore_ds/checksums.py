@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .format.manifest import MANIFEST, WORK_DIR, Manifest
+from .errors import StoreFormatError
+from .format.manifest import MANIFEST, RESERVED_DIRS, Manifest
 
 BLOCK = 4 * 2**20
 ALGORITHM = "sha256"
@@ -38,7 +40,7 @@ def store_files(root: Path) -> list[str]:
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         rel = Path(dirpath).relative_to(root)
-        dirnames[:] = sorted(d for d in dirnames if not (rel == Path(".") and d == WORK_DIR))
+        dirnames[:] = sorted(d for d in dirnames if not (rel == Path(".") and d in RESERVED_DIRS))
         found.extend(str(rel / name) if str(rel) != "." else name for name in sorted(filenames))
     return [f for f in found if f != MANIFEST and not Path(f).name.startswith(f".{MANIFEST}")]
 
@@ -70,7 +72,11 @@ class VerifyReport:
         Bytes read.
     problems
         ``(file, kind, detail)`` with kind one of ``missing``, ``truncated``,
-        ``extended``, ``altered``, ``unexpected``.
+        ``extended``, ``altered``, ``unexpected``, ``irregular`` (a symlink,
+        a path through a symlink, or not a regular file: the writer makes
+        none, and such a file may lie outside the store; it is not read), or
+        ``inconsistent`` (intact, but disagreeing with the manifest: what
+        ``open_store`` refuses).
     """
 
     path: str
@@ -90,11 +96,27 @@ class VerifyReport:
         return "\n".join(lines)
 
 
+def _irregular(root: Path, name: str) -> str | None:
+    """Why the store file ``name`` is not a plain file inside the store, or None."""
+    path = root / name
+    real = os.path.realpath(path)
+    if not Path(real).is_relative_to(os.path.realpath(root)):
+        return f"resolves to {real}, outside the store"
+    if path.is_symlink():
+        return f"is a symlink to {os.readlink(path)}"
+    if os.path.realpath(path.parent) != os.path.join(os.path.realpath(root), os.path.dirname(name)).rstrip("/"):
+        return "is reached through a symlinked directory"
+    if not stat.S_ISREG(path.lstat().st_mode):
+        return "is not a regular file"
+    return None
+
+
 def verify(path: str | os.PathLike[str], progress: bool = True, threads: int = 4) -> VerifyReport:
     """Re-read every file of a store and compare it with the manifest.
 
     Returns a report naming each file that is missing, truncated, extended,
-    altered (any flipped byte), or present but not in the manifest.
+    altered (any flipped byte), irregular (a symlink or not a regular file),
+    inconsistent with the manifest, or present but not in the manifest.
     """
     root = Path(path)
     manifest = Manifest.read(root)
@@ -105,8 +127,12 @@ def verify(path: str | os.PathLike[str], progress: bool = True, threads: int = 4
         report.problems.append((name, "unexpected", "not listed in the manifest"))
     readable = []
     for name, entry in sorted(expected.items()):
-        if name not in present:
+        if not os.path.lexists(root / name):
             report.problems.append((name, "missing", f"expected {entry['size']} bytes"))
+            continue
+        why = _irregular(root, name)
+        if why:
+            report.problems.append((name, "irregular", why))
             continue
         size = (root / name).stat().st_size
         if size != entry["size"]:
@@ -119,7 +145,27 @@ def verify(path: str | os.PathLike[str], progress: bool = True, threads: int = 4
         if sums[name][ALGORITHM] != expected[name].get(ALGORITHM):
             report.problems.append((name, "altered", f"sha256 {sums[name][ALGORITHM][:12]}..., "
                                                      f"expected {str(expected[name].get(ALGORITHM))[:12]}..."))
+    _check_structure(root, report)
     report.checked = len(expected)
     report.bytes = sum(s["size"] for s in sums.values())
     report.problems.sort()
     return report
+
+
+def _check_structure(root: Path, report: VerifyReport) -> None:
+    """What ``open_store`` checks (metadata and chunk files agree with the manifest), as a problem.
+
+    Files intact by their checksums can still disagree with an edited manifest.
+    A file already reported is not reported again.
+    """
+    from .store import open_store
+
+    try:
+        open_store(root).close()
+    except Exception as exc:  # noqa: BLE001 - whatever opening finds is this report's to name
+        if isinstance(exc, StoreFormatError):
+            name, detail = os.path.relpath(exc.path, root), str(exc).removeprefix(f"{exc.path}: ")
+        else:
+            name, detail = MANIFEST, f"{type(exc).__name__}: {exc}"
+        if name not in {n for n, _, _ in report.problems}:
+            report.problems.append((name, "inconsistent", detail))

@@ -4,13 +4,23 @@ URLs are fetched by a pool of threads (network-bound, so many more than
 cores); decoding runs in a pool of worker processes (CPU-bound, one per core)
 or inline when ``workers == 0``. Results come back strictly in submission
 order, so the store is the same whatever the number of workers.
+
+A decode process that dies (a decoder crashing on hostile bytes, the kernel's
+out-of-memory killer) breaks the whole process pool. The pool is replaced, and
+every sample that was in flight is decoded again alone, in a separate
+one-process pool: the sample that kills its decoder again fails by itself with
+reason ``decoder-crashed``, and the others are decoded as usual, so the
+conversion goes on and its result does not depend on the timing of the crash.
+(With ``workers == 0`` the decoder runs in the converting process itself.)
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import threading
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
@@ -72,18 +82,19 @@ class Pipeline:
         self.fetcher = fetcher
         self.fetch_threads = fetch_threads
         self._procs: ProcessPoolExecutor | None = None
+        self._solo: ProcessPoolExecutor | None = None  # decodes one sample at a time after a crash
         self._threads: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
 
     def __enter__(self) -> Pipeline:
         if self.workers > 0:
-            context = multiprocessing.get_context("spawn")
-            self._procs = ProcessPoolExecutor(self.workers, mp_context=context)
+            self._procs = _process_pool(self.workers)
         if self.fetcher is not None:
             self._threads = ThreadPoolExecutor(self.fetch_threads, thread_name_prefix="tsds-fetch")
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for pool in (self._threads, self._procs):
+        for pool in (self._threads, self._procs, self._solo):
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
         if self.fetcher is not None:
@@ -102,10 +113,38 @@ class Pipeline:
             window.append((task, self._submit(task)))
             while window and (len(window) >= self.window or window[0][1].done()):
                 head, future = window.popleft()
-                yield head, _outcome(future)
+                yield head, self._outcome(head, future)
         while window:
             head, future = window.popleft()
-            yield head, _outcome(future)
+            yield head, self._outcome(head, future)
+
+    def _outcome(self, task: Task, future: Future[dict[str, Any]]) -> Outcome:
+        try:
+            return _outcome(future)
+        except BrokenProcessPool:
+            self._replace(getattr(future, "pool", None))
+            return self._alone(task, getattr(future, "payload", task.payload))
+
+    def _replace(self, broken: ProcessPoolExecutor | None) -> None:
+        """Swap in a new pool for the broken one (once, however many of its futures report it)."""
+        with self._lock:
+            if broken is not None and broken is self._procs:
+                self._procs = _process_pool(self.workers)
+                broken.shutdown(wait=False, cancel_futures=True)
+
+    def _alone(self, task: Task, payload: Any) -> Outcome:
+        """Decode one sample in a pool of its own: a sample that kills its decoder fails alone."""
+        if self._solo is None:
+            self._solo = _process_pool(1)
+        try:
+            return self._solo.submit(self.decode, payload, *task.args).result()
+        except SampleError as exc:
+            return exc
+        except BrokenProcessPool:
+            self._solo.shutdown(wait=False, cancel_futures=True)
+            self._solo = None
+            return SampleError("decoder-crashed", "the decoding process died on this sample (a decoder crash or "
+                                                  "the out-of-memory killer); the other samples were decoded")
 
     def _submit(self, task: Task) -> Future[dict[str, Any]]:
         if task.kind == "error":
@@ -131,17 +170,29 @@ class Pipeline:
         except BaseException as exc:  # raised in a fetch thread: hand it to map(), which waits on outer
             outer.set_exception(exc)
             return
+        outer.payload, outer.pool = fetched.result(), getattr(decoded, "pool", None)  # type: ignore[attr-defined]
         _chain(decoded, outer)
 
     def _decode(self, task: Task, payload: Any) -> Future[dict[str, Any]]:
-        if self._procs is not None:
-            return self._procs.submit(self.decode, payload, *task.args)
+        pool = self._procs
+        if pool is not None:
+            try:
+                submitted = pool.submit(self.decode, payload, *task.args)
+            except BrokenProcessPool as exc:  # broken since the last result: map() decodes it alone
+                submitted = Future()
+                submitted.set_exception(exc)
+            submitted.payload, submitted.pool = payload, pool  # type: ignore[attr-defined]
+            return submitted
         future: Future[dict[str, Any]] = Future()
         try:
             future.set_result(self.decode(payload, *task.args))
         except SampleError as exc:
             future.set_exception(exc)
         return future
+
+
+def _process_pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
 
 def _chain(source: Future[dict[str, Any]], target: Future[dict[str, Any]]) -> None:

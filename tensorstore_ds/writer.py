@@ -7,6 +7,10 @@ file, each atomically. A rerun reads the state and continues from the first
 source row after the last committed chunk, so the finished store is identical
 to an uninterrupted run. ``finish`` compacts the parts into the small arrays,
 the caption index and ``failures.jsonl``, then writes the manifest last.
+
+An operating-system error while writing (a full disk, a quota, an I/O error)
+raises :class:`~tensorstore_ds.errors.StoreWriteError`, which keeps ``errno``
+and says how many samples are committed; the rerun resumes from there.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from .checksums import checksum_files, store_files
-from .errors import OptionsMismatchError, StoreError, StoreLockedError
+from .errors import OptionsMismatchError, StoreError, StoreLockedError, StoreWriteError
 from .format.layout import ArraySpec, write_array, write_array_metadata, write_chunk, write_group_metadata, write_json_atomic
-from .format.manifest import FAILURES, FORMAT_VERSION, MANIFEST, WORK_DIR, Manifest
+from .format.manifest import FAILURES, FORMAT_VERSION, MANIFEST, RESERVED_DIRS, WORK_DIR, Manifest
 from .format.text import TextColumnWriter, text_specs
 
 SMALL_CHUNK_ROWS = 2**20
@@ -101,6 +107,7 @@ class StoreWriter:
         self.next_row = 0
         self.converted = 0
         self.failed = 0
+        self.committed = 0  # samples in committed chunks
         self._buffers = {c.name: np.empty((plan.chunk_rows, *c.row_shape), c.dtype) for c in plan.columns if c.media}
         self._part: dict[str, Any] = self._empty_part()
 
@@ -110,12 +117,14 @@ class StoreWriter:
     def open(cls, root: str | os.PathLike[str], plan: Plan, overwrite: bool = False) -> StoreWriter:
         """Lock ``root`` and start or resume a conversion into it."""
         writer = cls(Path(root), plan)
-        writer.root.mkdir(parents=True, exist_ok=True)
-        writer._lock()
+        with writer._writing():
+            writer.root.mkdir(parents=True, exist_ok=True)
+            writer._lock()
         try:
-            if overwrite:
-                writer._clear()
-            writer._resume()
+            with writer._writing():
+                if overwrite:
+                    writer._clear()
+                writer._resume()
         except BaseException:
             writer.close()
             raise
@@ -142,12 +151,12 @@ class StoreWriter:
 
     def _clear(self) -> None:
         is_store = any((self.root / p).exists() for p in (MANIFEST, "zarr.json", f"{WORK_DIR}/state.json"))
-        others = [e.name for e in self.root.iterdir() if e.name != WORK_DIR]
+        others = [e.name for e in self.root.iterdir() if e.name not in RESERVED_DIRS]
         if others and not is_store:
             raise StoreError(f"refusing to overwrite {self.root}: it holds {sorted(others)[:5]} "
                              "and is not a tensorstore_ds store")
         for entry in self.root.iterdir():
-            if entry.name == WORK_DIR:
+            if entry.name in RESERVED_DIRS:
                 continue
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         for entry in self.work.iterdir():
@@ -159,7 +168,7 @@ class StoreWriter:
             self._check_options(Manifest.read(self.root).options)
             self.finished = True
             return
-        others = [e.name for e in self.root.iterdir() if e.name != WORK_DIR]
+        others = [e.name for e in self.root.iterdir() if e.name not in RESERVED_DIRS]
         state_path = self.work / "state.json"
         if not state_path.exists():
             if others:
@@ -170,12 +179,20 @@ class StoreWriter:
             return
         if not (self.root / "zarr.json").exists():
             write_group_metadata(self.root, FORMAT_VERSION)
-        state = json.loads(state_path.read_bytes())
-        self._check_options(state["options"])
-        if state["source"].get("fingerprint") != self.plan.source.get("fingerprint"):
-            raise OptionsMismatchError(self.root, "source", state["source"].get("spec"), self.plan.source.get("spec"))
-        self.chunks, self.next_row = state["chunks"], state["next_row"]
-        self.converted, self.failed = state["converted"], state["failed"]
+        state = _read_json(state_path, "resume state")
+        try:
+            stored, source = dict(state["options"]), dict(state["source"])
+            counts = [state[k] for k in ("chunks", "next_row", "converted", "failed")]
+            if not all(type(c) is int and c >= 0 for c in counts):
+                raise ValueError(f"counts {counts} are not non-negative integers")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"the resume state {state_path} is damaged ({exc!r}); "
+                             "rerun with overwrite=True to start over") from None
+        self._check_options(stored)
+        if source.get("fingerprint") != self.plan.source.get("fingerprint"):
+            raise OptionsMismatchError(self.root, "source", source.get("spec"), self.plan.source.get("spec"))
+        self.chunks, self.next_row, self.converted, self.failed = counts
+        self.committed = self.converted
 
     def _check_options(self, stored: dict[str, Any]) -> None:
         given = self.plan.options
@@ -205,7 +222,8 @@ class StoreWriter:
         self.converted += 1
         self.next_row = row + 1
         if slot + 1 == self.plan.chunk_rows:
-            self._commit(slot + 1)
+            with self._writing():
+                self._commit(slot + 1)
 
     def add_failure(self, row: int, key: str, reason: str, detail: str) -> None:
         """Record that source ``row`` failed; it is left out of the arrays."""
@@ -229,6 +247,18 @@ class StoreWriter:
             "failed": self.failed, "options": self.plan.options, "source": self.plan.source,
         }
         write_json_atomic(self.work / "state.json", state)
+        self.committed = self.converted
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Turn an operating-system error into a StoreWriteError that says how to resume."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except OSError as exc:
+            where = exc.filename if isinstance(exc.filename, (str, os.PathLike)) else self.root
+            raise StoreWriteError(self.root, where, exc.errno, exc.strerror or str(exc), self.committed) from exc
 
     # --- the end -------------------------------------------------------------
 
@@ -238,6 +268,10 @@ class StoreWriter:
             manifest = Manifest.read(self.root)
             self._remove_work()  # left behind by a crash after the manifest, or by our own lock
             return manifest
+        with self._writing():
+            return self._finish(counts, progress)
+
+    def _finish(self, counts: dict[str, Any], progress: bool) -> Manifest:
         # Negative when a crash hit after the tail was committed: it is committed already.
         tail = self.converted - self.chunks * self.plan.chunk_rows
         if tail > 0 or self._part["failures"]:
@@ -276,7 +310,7 @@ class StoreWriter:
         by_reason: dict[str, int] = {}
         with open(self.root / f".{FAILURES}.tmp", "w", encoding="utf-8") as failures:
             for k in range(self.chunks):
-                part = json.loads((self.work / "parts" / f"{k:08d}.json").read_bytes())
+                part = _read_json(self.work / "parts" / f"{k:08d}.json", "part file")
                 for name in small:
                     small[name].extend(part["small"][name])
                 for name, writer in texts.items():
@@ -300,3 +334,10 @@ class StoreWriter:
                 arrays[spec.name] = spec
         return arrays, dict(sorted(by_reason.items()))
 
+
+def _read_json(path: Path, what: str) -> Any:
+    """A JSON file the writer wrote itself; damage (not a crash, which atomic writes survive) is a StoreError."""
+    try:
+        return json.loads(path.read_bytes())
+    except (ValueError, RecursionError, FileNotFoundError) as exc:
+        raise StoreError(f"the {what} {path} is damaged ({exc}); rerun with overwrite=True to start over") from None

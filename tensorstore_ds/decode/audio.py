@@ -28,10 +28,12 @@ Failures
 --------
 Every failure raises :class:`~tensorstore_ds.errors.DecodeError` with reason
 ``empty-file`` (zero bytes), ``undecodable-audio`` (not audio, unreadable,
-missing path, unusable array), ``empty-audio`` (no samples),
+missing path or not a regular file, unusable array, a sampling rate above
+1,048,576 Hz), ``empty-audio`` (no samples),
 ``clip-out-of-range``, ``non-finite-audio`` (NaN or inf in the decoded signal,
 checked before resampling) or ``audio-out-of-range`` (after resampling, a
-value beyond float16's finite range, ``|x| > 65504``). A truncated file may
+value beyond float16's finite range, ``|x| > 65504``; a float64 array value
+beyond float32's range is refused before it is narrowed). A truncated file may
 decode partially without an error when libsndfile accepts it: the samples
 that exist are returned and ``true_length`` says how many there are.
 """
@@ -42,6 +44,7 @@ import io
 import math
 import numbers
 import os
+import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -59,10 +62,14 @@ AudioSource = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]", Mappi
 Clip = tuple[Union[float, None], Union[float, None]]
 
 _FLOAT16_MAX = 65504.0
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 _MP3_PREROLL = 16 * 1152  # frames decoded and dropped before an MP3 seek target
 _READ_MARGIN_SECONDS = 0.05  # extra input read past the output so the resampler tail is exact
 _MIN_RESAMPLE_INPUT = 64  # shorter inputs are zero-padded before resampling
 _MAX_ARRAY_CHANNELS = 64
+# Above FLAC's 655,350 Hz and every real recording rate; resampling cost grows with the
+# rate ratio, so a header claiming 2**31 Hz would otherwise take many seconds per clip.
+_MAX_SAMPLE_RATE = 2**20
 _LIBRARY_ERRORS = (
     RuntimeError,  # soundfile.LibsndfileError
     OSError,
@@ -219,6 +226,8 @@ def _load(source: AudioSource, options: AudioOptions, clip: Clip | None) -> tupl
         fp: io.BytesIO | str = io.BytesIO(source)
     elif isinstance(source, (str, os.PathLike)):
         fp = os.fspath(source)
+        if os.path.exists(fp) and not os.path.isfile(fp):  # a FIFO or a device would block or never end
+            raise DecodeError("undecodable-audio", f"{fp} is not a regular file")
         if os.path.isfile(fp) and os.path.getsize(fp) == 0:
             raise DecodeError("empty-file", f"{fp} has zero bytes")
     else:
@@ -228,7 +237,16 @@ def _load(source: AudioSource, options: AudioOptions, clip: Clip | None) -> tupl
     except DecodeError:
         raise
     except _LIBRARY_ERRORS as exc:
-        raise DecodeError("undecodable-audio", f"{type(exc).__name__}: {exc}") from exc
+        # libsndfile names in-memory files by their repr, whose address changes from run to run.
+        detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the audio bytes", str(exc))
+        raise DecodeError("undecodable-audio", f"{type(exc).__name__}: {detail}") from exc
+
+
+def _check_rate(rate: int) -> None:
+    if not 1 <= rate <= _MAX_SAMPLE_RATE:
+        raise DecodeError(
+            "undecodable-audio", f"sampling rate {rate} Hz is outside 1..{_MAX_SAMPLE_RATE} Hz"
+        )
 
 
 def _read_file(
@@ -237,6 +255,7 @@ def _read_file(
     """Read the needed frames of the clip window from an encoded file."""
     with sf.SoundFile(fp) as f:
         rate, total = f.samplerate, f.frames
+        _check_rate(rate)
         if total <= 0:
             raise DecodeError("empty-audio", "the recording has no samples")
         start, stop = _window(total, rate, clip)
@@ -275,6 +294,7 @@ def _from_array(
     if values.shape[0] == 0:
         raise DecodeError("empty-audio", "the array has no samples")
     rate = int(rate)
+    _check_rate(rate)
     start, stop = _window(values.shape[0], rate, clip)
     stop = min(stop, start + _input_needed(options, rate))
     return _as_float32(values[start:stop]), rate
@@ -284,6 +304,13 @@ def _as_float32(values: np.ndarray) -> np.ndarray:
     """Floats as they are; signed integers / -min; unsigned centred and scaled."""
     kind = values.dtype
     if np.issubdtype(kind, np.floating):
+        if kind.itemsize > 4 and values.size:  # finite float64 beyond float32 would turn into inf
+            peak = float(np.max(np.abs(values)))
+            if math.isfinite(peak) and peak > _FLOAT32_MAX:
+                raise DecodeError(
+                    "audio-out-of-range",
+                    f"peak amplitude {peak:g} exceeds float16's largest value {_FLOAT16_MAX:g}",
+                )
         return values.astype(np.float32, copy=False)
     if np.issubdtype(kind, np.signedinteger):
         return values.astype(np.float32) / np.float32(-np.iinfo(kind).min)

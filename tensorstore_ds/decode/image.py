@@ -36,20 +36,34 @@ Every failure raises :class:`~tensorstore_ds.errors.DecodeError` with reason
 ``empty-file`` (zero bytes), ``decompression-bomb`` (more than ``max_pixels``
 pixels, checked before the pixels are decoded, or Pillow's own
 ``Image.MAX_IMAGE_PIXELS`` guard), ``undecodable-image`` (anything Pillow or
-the file system raises, including a missing path) or ``bad-array`` (an array
+the file system raises, including a missing path or one that is not a regular
+file, such as a FIFO) or ``bad-array`` (an array
 source of an unsupported dtype or shape, or with NaN/inf). Truncated files may
 decode partially when Pillow accepts them; they never raise anything other
 than :class:`DecodeError`.
+
+Corrupt data
+------------
+PNG files are checked against their chunk CRCs before decoding (Pillow checks
+only the chunks before the pixel data), so a PNG with flipped bits in its
+pixel data fails with ``undecodable-image`` instead of decoding to wrong
+pixels; a chunk cut short by truncation is left to Pillow. Formats without
+checksums (JPEG, GIF, WebP, BMP, ...) can decode corrupt data to wrong pixels
+without any error: nothing in the file tells. EPS files are never opened (Pillow
+would run Ghostscript on them), so they fail with ``undecodable-image``.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import numbers
 import os
 import re
+import stat
 import struct
+import zlib
 from dataclasses import dataclass
 from typing import Union
 
@@ -76,6 +90,9 @@ _TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 _EXIF_ORIENTATION = 0x0112
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_CRC_BLOCK = 2**20
+_REFUSED_FORMATS = frozenset({"EPS"})  # Pillow hands EPS files to Ghostscript, a PostScript interpreter
 # Everything Pillow, its plugins and numpy are known to raise on bad input.
 _LIBRARY_ERRORS = (
     OSError,
@@ -200,17 +217,22 @@ def _open(
     elif isinstance(source, (str, os.PathLike)):
         fp = os.fspath(source)
         try:
-            empty = os.path.getsize(fp) == 0
+            st = os.stat(fp)
         except OSError as exc:
             raise _undecodable(exc) from exc
-        if empty:
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or never end
+            raise DecodeError("undecodable-image", f"{fp} is not a regular file")
+        if st.st_size == 0:
             raise DecodeError("empty-file", f"{fp} has zero bytes")
     else:
         raise DecodeError(
             "undecodable-image", f"cannot decode an image from {type(source).__name__}"
         )
     try:
-        im = Image.open(fp)
+        _check_png_crcs(fp)
+        im = Image.open(fp, formats=_formats())
+    except DecodeError:
+        raise
     except _LIBRARY_ERRORS as exc:
         raise _undecodable(exc) from exc
     width, height = im.size
@@ -223,6 +245,48 @@ def _open(
             raise _undecodable(exc) from exc
         raise
     return im, orientation, ((width, height) if orientation >= 5 else (height, width))
+
+
+@functools.cache
+def _formats() -> tuple[str, ...]:
+    """Every format Pillow opens, in its own order, except the refused ones."""
+    Image.init()
+    return tuple(f for f in Image.ID if f not in _REFUSED_FORMATS)
+
+
+def _check_png_crcs(fp: io.BytesIO | str) -> None:
+    """Raise ``undecodable-image`` when a complete chunk of a PNG fails its CRC.
+
+    Anything that is not a PNG, and a chunk cut short, is left to Pillow. A
+    BytesIO is rewound afterwards.
+    """
+    f = open(fp, "rb") if isinstance(fp, str) else fp
+    try:
+        if f.read(8) != _PNG_SIGNATURE:
+            return
+        offset = 8
+        while len(header := f.read(8)) == 8:
+            length, kind = struct.unpack(">I4s", header)
+            crc, remaining = zlib.crc32(kind), length
+            while remaining and (block := f.read(min(remaining, _CRC_BLOCK))):
+                crc = zlib.crc32(block, crc)
+                remaining -= len(block)
+            stored = f.read(4)
+            if remaining or len(stored) < 4:
+                return
+            if crc != int.from_bytes(stored, "big"):
+                raise DecodeError(
+                    "undecodable-image",
+                    f"PNG chunk {kind.decode('latin-1')!r} at byte {offset} fails its CRC check: the file is corrupt",
+                )
+            if kind == b"IEND":
+                return
+            offset += 12 + length
+    finally:
+        if f is fp:
+            f.seek(0)
+        else:
+            f.close()
 
 
 def _prepare(im: Image.Image, options: ImageOptions) -> int:
@@ -386,8 +450,8 @@ def _array_to_uint8(array: np.ndarray) -> np.ndarray:
     if np.issubdtype(kind, np.floating):
         if not np.isfinite(array).all():
             raise DecodeError("bad-array", "the float array holds NaN or inf")
-        scaled = np.rint(array.astype(np.float32) * np.float32(255.0))
-        return np.clip(scaled, 0.0, 255.0).astype(np.uint8)
+        clipped = np.clip(array, 0.0, 1.0).astype(np.float32)  # before the cast: 1e300 would overflow
+        return np.rint(clipped * np.float32(255.0)).astype(np.uint8)
     raise DecodeError("bad-array", f"unsupported dtype {kind}; use uint8, uint16 or float")
 
 

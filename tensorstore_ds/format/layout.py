@@ -101,13 +101,35 @@ class ArraySpec:
     def from_json(cls, name: str, doc: Any, where: str | os.PathLike[str]) -> ArraySpec:
         """Build a spec from its manifest entry, validating every field."""
         try:
-            shape = tuple(int(s) for s in doc["shape"])
-            spec = cls(name, shape, str(doc["dtype"]), int(doc["chunk_rows"]))
+            shape = tuple(_integer(s) for s in doc["shape"])
+            spec = cls(name, shape, _string(doc["dtype"]), _integer(doc["chunk_rows"]))
         except (KeyError, TypeError, ValueError) as exc:
-            raise StoreFormatError(where, f"array {name!r} has an invalid entry: {exc}") from None
+            raise StoreFormatError(where, f"array {short_repr(name)} has an invalid entry: {exc!r}") from None
         if spec.chunk_bytes > 2**34 or spec.nbytes > 2**50:
-            raise StoreFormatError(where, f"array {name!r} declares absurd sizes {shape}")
+            raise StoreFormatError(where, f"array {name!r} declares absurd sizes {short_repr(shape)}")
         return spec
+
+
+def _integer(value: Any) -> int:
+    """A JSON integer, exactly: not a float, a bool or a string that int() would accept."""
+    if type(value) is not int:
+        raise TypeError(f"{short_repr(value)} is not an integer")
+    return value
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{short_repr(value)} is not a string")
+    return value
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for messages about untrusted values."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"<deeply nested {type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def chunk_rows_for(row_bytes: int, target_bytes: int) -> int:

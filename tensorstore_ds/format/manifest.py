@@ -2,11 +2,19 @@
 
 ``manifest.json`` is written last and atomically; its presence is what marks a
 store as finished. Readers check :data:`FORMAT_VERSION` before anything else.
+
+Forward compatibility: a reader refuses a store of a newer format version, but
+within one version it ignores fields it does not know (at the top level and in
+array and text entries), so later releases can add information without
+breaking older readers. Every field it does know is validated: types, ranges
+(no negative or absurd sizes, at most :data:`MAX_SAMPLES` samples) and names
+(no path may leave the store).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -15,15 +23,18 @@ from typing import Any
 
 from .._version import __version__
 from ..errors import StoreFormatError, StoreIncompleteError, StoreNotFoundError
-from .layout import ArraySpec, write_json_atomic
+from .layout import ArraySpec, short_repr, write_json_atomic
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 FAILURES = "failures.jsonl"
 WORK_DIR = ".convert"
+SHARDS_DIR = ".shards"
+RESERVED_DIRS = (WORK_DIR, SHARDS_DIR)  # conversion state inside a store directory, never store data
 TEXT_ENCODINGS = ("utf-8", "json")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$")
 _MAX_MANIFEST_BYTES = 64 * 2**20
+MAX_SAMPLES = 2**50  # the largest per-sample array ArraySpec.from_json accepts has 2**50 bytes
 
 
 def check_name(name: str, where: Path) -> str:
@@ -107,12 +118,15 @@ class Manifest:
         path = root / MANIFEST
         if not path.is_file():
             _raise_missing(root)
+        real = os.path.realpath(path)
+        if not Path(real).is_relative_to(os.path.realpath(root)):
+            raise StoreFormatError(path, f"manifest is a symlink to {real}, outside the store")
         if path.stat().st_size > _MAX_MANIFEST_BYTES:
             raise StoreFormatError(path, f"manifest is {path.stat().st_size} bytes, more than any store writes")
         try:
             doc = json.loads(path.read_bytes())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise StoreFormatError(path, f"manifest is not valid JSON ({exc})") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: absurd nesting
+            raise StoreFormatError(path, f"manifest is not valid JSON ({type(exc).__name__}: {exc})") from None
         return cls.from_json(doc, path)
 
     @classmethod
@@ -121,8 +135,8 @@ class Manifest:
         if not isinstance(doc, dict) or doc.get("format") != "tensorstore_ds":
             raise StoreFormatError(path, "not a tensorstore_ds manifest")
         version = doc.get("format_version")
-        if not isinstance(version, int) or version < 1:
-            raise StoreFormatError(path, f"format_version {version!r} is not a positive integer")
+        if type(version) is not int or version < 1:
+            raise StoreFormatError(path, f"format_version {short_repr(version)} is not a positive integer")
         if version > FORMAT_VERSION:
             raise StoreFormatError(
                 path,
@@ -130,34 +144,57 @@ class Manifest:
                 f"(version {FORMAT_VERSION}); upgrade tensorstore_ds",
             )
         try:
-            n = int(doc["num_samples"])
-            arrays = {check_name(k, path): ArraySpec.from_json(k, v, path) for k, v in doc["arrays"].items()}
-            text = {check_name(k, path): str(v["encoding"]) for k, v in doc["text"].items()}
-            parts = {k: doc[k] for k in ("options", "source", "counts")}
+            n = doc["num_samples"]
+            arrays = {check_name(k, path): ArraySpec.from_json(k, v, path) for k, v in _object(doc, "arrays").items()}
+            text = {check_name(k, path): v["encoding"] for k, v in _object(doc, "text").items()}
+            parts = {k: _object(doc, k) for k in ("options", "source", "counts")}
+        except StoreFormatError:  # a ValueError too, but already says what is wrong
+            raise
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise StoreFormatError(path, f"manifest is missing or mangles a field ({exc!r})") from None
+        if type(n) is not int or not 0 <= n <= MAX_SAMPLES:
+            raise StoreFormatError(path, f"bad num_samples {short_repr(n)}: not an integer in 0..{MAX_SAMPLES}")
         bad = [k for k, e in text.items() if e not in TEXT_ENCODINGS]
-        if n < 0 or bad:
-            raise StoreFormatError(path, f"bad num_samples {n} or text encodings {bad}")
-        files = doc.get("files") or {}
-        for name in files:
+        if bad:
+            raise StoreFormatError(path, f"bad text encodings for {bad}: not one of {TEXT_ENCODINGS}")
+        files = doc.get("files") or {}  # stores written before checksums have none
+        if not isinstance(files, dict):
+            raise StoreFormatError(path, f"files is {type(files).__name__}, not an object")
+        for name, entry in files.items():
             check_name(name, path)
+            size = entry.get("size") if isinstance(entry, dict) else None
+            if type(size) is not int or size < 0 or not isinstance(entry.get("sha256"), str):
+                raise StoreFormatError(path, f"files entry {name!r} is {short_repr(entry)}, not a size and a sha256")
         return cls(
             n, arrays, text, files=files, format_version=version,
-            library_version=str(doc.get("library_version", "?")), created=str(doc.get("created", "?")),
+            library_version=_label(doc.get("library_version")), created=_label(doc.get("created")),
             **parts,
         )
+
+
+def _label(value: Any) -> str:
+    """An informational string field; anything else is unknown."""
+    return value if isinstance(value, str) else "?"
+
+
+def _object(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    """``doc[key]``, which must be a JSON object."""
+    value = doc[key]
+    if not isinstance(value, dict):
+        raise TypeError(f"{key} is {type(value).__name__}, not an object")
+    return value
 
 
 def _raise_missing(root: Path) -> None:
     work = root / WORK_DIR
     if work.is_dir():
-        done = 0
-        try:
-            done = int(json.loads((work / "state.json").read_bytes()).get("converted", 0))
-        except (OSError, ValueError, AttributeError):
+        done: Any = 0
+        try:  # the count is only for the message: a damaged state file must not hide the real error
+            state = json.loads((work / "state.json").read_bytes())
+            done = state.get("converted", 0) if isinstance(state, dict) else 0
+        except (OSError, ValueError, RecursionError):
             pass
-        raise StoreIncompleteError(root, done)
+        raise StoreIncompleteError(root, done if type(done) is int and done >= 0 else 0)
     if not root.exists():
         raise StoreNotFoundError(root, "the path does not exist")
     raise StoreNotFoundError(root, f"it has no {MANIFEST}")

@@ -19,6 +19,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ..errors import StoreFormatError
 from .layout import ArraySpec, write_array, write_chunk, write_array_metadata
 
 BYTES_CHUNK = 16 * 2**20
@@ -100,12 +101,16 @@ class TextColumn:
         ``num_samples + 1`` int64 offsets into ``data``.
     encoding
         ``"utf-8"`` or ``"json"``.
+    where
+        The column's location, for the error raised when a value does not
+        decode (its bytes were altered on disk).
     """
 
-    def __init__(self, data: np.ndarray, offsets: np.ndarray, encoding: str) -> None:
+    def __init__(self, data: np.ndarray, offsets: np.ndarray, encoding: str, where: str = "a text column") -> None:
         self.data = data
         self.offsets = offsets
         self.encoding = encoding
+        self.where = where
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -116,7 +121,13 @@ class TextColumn:
             raise IndexError(f"text index {index} out of range for {len(self)} samples")
         start, stop = int(self.offsets[i]), int(self.offsets[i + 1])
         raw = self.data[start:stop].tobytes()
-        return raw.decode("utf-8") if self.encoding == "utf-8" else json.loads(raw)
+        try:
+            return raw.decode("utf-8") if self.encoding == "utf-8" else json.loads(raw)
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise StoreFormatError(
+                self.where, f"value {i} (bytes {start}..{stop}) is not valid {self.encoding} ({exc}); "
+                "the store is damaged: run tensorstore_ds.verify on it"
+            ) from None
 
     def take(self, indices: Iterable[int]) -> list[Any]:
         """Values at ``indices``, in order."""

@@ -39,6 +39,10 @@ CONVERT_HELP = {
     "on_error": "skip: record failed samples and go on (default); fail: stop at the first one",
     "overwrite": "delete an existing store at OUT and start over",
     "progress": "show a progress bar",
+    "engine": "dask: run the conversion as shards on a Dask cluster (default: this machine's process pool)",
+    "scheduler": "with --engine dask: the scheduler's address, e.g. tcp://HOST:8786",
+    "shards": "with --engine dask: number of shards (default: 4 per worker thread)",
+    "shard": "convert only shard K/N of the source into OUT/.shards/ (job arrays); then run 'commit OUT'",
 }
 
 
@@ -55,7 +59,7 @@ def _add_convert(sub: Any) -> None:
             p.add_argument(flag, type=lambda s: tuple(x for x in s.split(",") if x), default=f.default,
                            help=CONVERT_HELP[f.name])
         else:
-            kind = {"limit": int, "workers": int}.get(f.name) or (type(f.default) if f.default is not None else str)
+            kind = {"limit": int, "workers": int, "shards": int}.get(f.name) or (type(f.default) if f.default is not None else str)
             p.add_argument(flag, type=kind, default=f.default, help=CONVERT_HELP[f.name])
 
 
@@ -65,7 +69,20 @@ def _run_convert(args: argparse.Namespace) -> int:
 
     options = {f.name: getattr(args, f.name) for f in dataclasses.fields(ConvertOptions)}
     manifest = convert(args.source, args.out, **options)
-    print(summary(args.out, manifest))
+    where = args.out
+    if args.shard and args.engine is None:
+        from .shards import parse_shard, shard_dir
+
+        where = shard_dir(args.out, *parse_shard(args.shard))
+    print(summary(where, manifest))
+    return 0
+
+
+def _run_commit(args: argparse.Namespace) -> int:
+    from .report import summary
+    from .shards import commit
+
+    print(summary(args.out, commit(args.out, progress=not args.quiet)))
     return 0
 
 
@@ -145,8 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="the merged store's directory")
     p.add_argument("stores", nargs="+", help="store directories or URLs, in source order")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p = sub.add_parser("commit", help="assemble the shards converted with 'convert --shard K/N' into the store")
+    p.add_argument("out", help="the store directory given to every 'convert --shard K/N'")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p = sub.add_parser("demo", help="convert a built-in sample dataset, load it, and iterate as training would")
-    p.add_argument("--workdir", default=None, help="where to put the sample data and store (default: a temp dir)")
+    p.add_argument("--workdir", default=None, help="where to put the sample data and store (default: ~/.cache/tensorstore_ds/demo)")
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--memory-budget", default="auto")
@@ -157,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = build_parser().parse_args(argv)
     handler = {"convert": _run_convert, "info": _run_info, "verify": _run_verify, "pull": _run_pull,
-               "merge": _run_merge, "demo": _run_demo}[args.command]
+               "merge": _run_merge, "commit": _run_commit, "demo": _run_demo}[args.command]
     try:
         return handler(args)
     except TensorStoreDSError as exc:

@@ -63,8 +63,20 @@ class ConvertOptions:
     on_error: str = "skip"
     overwrite: bool = False
     progress: bool = True
+    engine: str | None = None
+    scheduler: str | None = None
+    shards: int | None = None
+    shard: str | None = None
 
     def __post_init__(self) -> None:
+        if self.engine not in (None, "dask"):
+            raise OptionsError(f"engine must be 'dask' or None (the local process pool), not {self.engine!r}")
+        if self.shards is not None and self.shards < 1:
+            raise OptionsError(f"shards must be >= 1, not {self.shards}")
+        if self.shard is not None:
+            from .shards import parse_shard
+
+            parse_shard(self.shard)
         if self.on_error not in ("skip", "fail"):
             raise OptionsError(f"on_error must be 'skip' or 'fail', not {self.on_error!r}")
         if self.resize not in RESIZE_MODES or self.resampler not in RESAMPLERS:
@@ -109,7 +121,7 @@ class ConvertOptions:
         return doc
 
 
-def convert(source: Any, out: str | os.PathLike[str], **options: Any) -> Manifest:
+def convert(source: Any, out: str | os.PathLike[str], client: Any = None, **options: Any) -> Manifest:
     """Convert an image-text or audio-text dataset into a store at ``out``.
 
     Parameters
@@ -120,8 +132,13 @@ def convert(source: Any, out: str | os.PathLike[str], **options: Any) -> Manifes
         dataset name for ``datasets.load_dataset``.
     out
         The store directory. Rerunning the same call after a crash resumes.
+    client
+        A ``distributed.Client``: run the conversion as shards on its Dask
+        cluster (the same as ``engine="dask"`` with its scheduler).
     **options
-        See :class:`ConvertOptions`.
+        See :class:`ConvertOptions`. ``shard="K/N"`` converts only shard K of N
+        (then :func:`~tensorstore_ds.shards.commit` assembles the store);
+        ``engine="dask"`` runs every shard on a Dask cluster and commits.
 
     Returns
     -------
@@ -129,12 +146,30 @@ def convert(source: Any, out: str | os.PathLike[str], **options: Any) -> Manifes
         The finished store's manifest (counts, options, arrays).
     """
     opts = ConvertOptions.from_kwargs(options)
+    if client is not None or opts.engine == "dask":
+        from .shards import convert_on_dask
+
+        rest = {k: v for k, v in options.items() if k not in ("engine", "scheduler", "shards")}
+        return convert_on_dask(source, out, client=client, scheduler=opts.scheduler, shards=opts.shards, **rest)
+    if opts.shard is not None:
+        from .shards import parse_shard, shard_dir
+
+        k, n = parse_shard(opts.shard)
+        return convert_rows(source, shard_dir(out, k, n), opts, shard=(k, n))
+    return convert_rows(source, out, opts)
+
+
+def convert_rows(source: Any, out: str | os.PathLike[str], opts: ConvertOptions,
+                 shard: tuple[int, int] | None = None) -> Manifest:
+    """Convert all rows of ``source``, or only shard ``(K, N)`` of them, into ``out``."""
     src = open_source(source, split=opts.split)
     columns = plan_columns(src, opts.image_column, opts.audio_column, opts.caption_column,
                            opts.keep_columns, opts.audio_dir, opts.audio_template,
                            opts.clip_start_column, opts.clip_end_column)
     src = cast_media_features(src, columns)
     plan = _plan(opts, columns, src)
+    if shard is not None:
+        src, plan = _shard_of(src, plan, opts, shard)
     writer = StoreWriter.open(out, plan, overwrite=opts.overwrite)
     try:
         if not writer.finished:
@@ -142,6 +177,19 @@ def convert(source: Any, out: str | os.PathLike[str], **options: Any) -> Manifes
         return writer.finish({"rows_read": writer.next_row}, progress=opts.progress)
     finally:
         writer.close()
+
+
+def _shard_of(src: Source, plan: Plan, opts: ConvertOptions, shard: tuple[int, int]) -> tuple[Source, Plan]:
+    """The source rows of one chunk-aligned shard, numbered from 0, and the shard's plan."""
+    from .shards import shard_ranges
+
+    if src.num_rows is None:
+        raise OptionsError(f"sharding needs a source of known length; {src.spec} is a stream")
+    total = src.num_rows if opts.limit is None else min(opts.limit, src.num_rows)
+    k, n = shard
+    start, stop = shard_ranges(total, n, plan.chunk_rows)[k]
+    source = {**plan.source, "shard": [k, n], "rows": [start, stop]}
+    return src.slice(start, stop), dataclasses.replace(plan, source=source)
 
 
 def _plan(opts: ConvertOptions, columns: ColumnPlan, src: Source) -> Plan:

@@ -17,6 +17,7 @@ lists the parts.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -33,7 +34,8 @@ from .writer import Column, Plan, StoreWriter
 MEDIA = ("images", "audio")
 
 
-def merge(out: str | os.PathLike[str], stores: Sequence[str | os.PathLike[str]], progress: bool = True) -> Manifest:
+def merge(out: str | os.PathLike[str], stores: Sequence[str | os.PathLike[str]], progress: bool = True,
+          source: dict[str, Any] | None = None) -> Manifest:
     """Merge stores made from consecutive parts of one source into one store at ``out``.
 
     Parameters
@@ -45,6 +47,10 @@ def merge(out: str | os.PathLike[str], stores: Sequence[str | os.PathLike[str]],
         Store directories or URLs, in source order.
     progress
         Show progress bars.
+    source
+        The merged store's source description; default: the list of parts.
+        (Committing shards passes the original source's, so the store is the
+        one a single conversion makes.)
 
     Raises
     ------
@@ -58,7 +64,8 @@ def merge(out: str | os.PathLike[str], stores: Sequence[str | os.PathLike[str]],
     try:
         for other in parts[1:]:
             _check_same(parts[0], other)
-        writer = StoreWriter.open(out, _plan(parts))
+        plan = _plan(parts)
+        writer = StoreWriter.open(out, plan if source is None else dataclasses.replace(plan, source=source))
         try:
             if not writer.finished:
                 _copy(parts, writer, progress)

@@ -65,6 +65,15 @@ class Source:
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "spec": self.spec, "fingerprint": self.fingerprint, "num_rows": self.num_rows}
 
+    def slice(self, start: int, stop: int) -> Source:
+        """Rows ``start`` to ``stop`` as a source of their own, numbered from 0."""
+        ds = self.dataset
+        if hasattr(ds, "select"):
+            part = ds.select(range(start, stop) if start < stop else [])  # datasets refuses an empty range
+        else:
+            part = ds.skip(start).take(stop - start)
+        return Source(part, self.kind, self.spec, self.fingerprint, self.base_dir)
+
     def rows(self, start: int, stop: int | None) -> Iterator[tuple[int, dict[str, Any]]]:
         """Yield ``(row_index, row)`` for rows ``start`` to ``stop`` (exclusive)."""
         ds = self.dataset

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import StoreFormatError
+from .format.layout import irregular_file
 from .format.manifest import MANIFEST, RESERVED_DIRS, Manifest
 
 BLOCK = 4 * 2**20
@@ -96,21 +96,6 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def _irregular(root: Path, name: str) -> str | None:
-    """Why the store file ``name`` is not a plain file inside the store, or None."""
-    path = root / name
-    real = os.path.realpath(path)
-    if not Path(real).is_relative_to(os.path.realpath(root)):
-        return f"resolves to {real}, outside the store"
-    if path.is_symlink():
-        return f"is a symlink to {os.readlink(path)}"
-    if os.path.realpath(path.parent) != os.path.join(os.path.realpath(root), os.path.dirname(name)).rstrip("/"):
-        return "is reached through a symlinked directory"
-    if not stat.S_ISREG(path.lstat().st_mode):
-        return "is not a regular file"
-    return None
-
-
 def verify(path: str | os.PathLike[str], progress: bool = True, threads: int = 4) -> VerifyReport:
     """Re-read every file of a store and compare it with the manifest.
 
@@ -130,7 +115,7 @@ def verify(path: str | os.PathLike[str], progress: bool = True, threads: int = 4
         if not os.path.lexists(root / name):
             report.problems.append((name, "missing", f"expected {entry['size']} bytes"))
             continue
-        why = _irregular(root, name)
+        why = irregular_file(root, name)
         if why:
             report.problems.append((name, "irregular", why))
             continue

@@ -206,17 +206,17 @@ def _load_ram(array: ChunkedArray, progress: bool) -> RamArray:
 class _SharedText:
     """A text column whose bytes and offsets live in shared buffers."""
 
-    def __init__(self, data: RamArray, offsets: RamArray, encoding: str) -> None:
+    def __init__(self, data: RamArray, offsets: RamArray, encoding: str, where: str) -> None:
         from .format.text import TextColumn
 
-        self.data, self.offsets, self.encoding = data, offsets, encoding
-        self.column = TextColumn(data.data, offsets.data, encoding)
+        self.data, self.offsets, self.encoding, self.where = data, offsets, encoding, where
+        self.column = TextColumn(data.data, offsets.data, encoding, where)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"data": self.data, "offsets": self.offsets, "encoding": self.encoding}
+        return {"data": self.data, "offsets": self.offsets, "encoding": self.encoding, "where": self.where}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["data"], state["offsets"], state["encoding"])  # type: ignore[misc]
+        self.__init__(**state)  # type: ignore[misc]
 
     def take(self, indices: np.ndarray) -> list[Any]:
         return self.column.take(indices)
@@ -231,6 +231,6 @@ def _load_text(store: Store, names: list[str]) -> dict[str, _SharedText]:
             buffer = SharedBuffer.create(values.nbytes)
             buffer.array(values.dtype, values.shape)[:] = values
             parts.append(RamArray(buffer, values.dtype.str, values.shape))
-        loaded[name] = _SharedText(parts[0], parts[1], column.encoding)
+        loaded[name] = _SharedText(parts[0], parts[1], column.encoding, column.where)
         store._text.pop(name, None)  # else every pickle of the dataset carries a private copy
     return loaded

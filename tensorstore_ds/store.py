@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 
 from .errors import StoreFormatError
-from .format.layout import ArraySpec
+from .format.layout import ArraySpec, irregular_file
 from .format.manifest import FAILURES, Manifest
 from .format.text import TextColumn
 from .readers.chunked import ChunkedArray, LocalFiles, StoreFiles
 
 MEDIA_FIELDS = {"image": "images", "audio": "audio"}
+MAX_ARRAY_METADATA = 2**20
 
 
 class Store:
@@ -110,8 +111,16 @@ class Store:
         """Every failed source row: ``row``, ``key``, ``reason``, ``detail``."""
         if not self.files.exists(FAILURES):
             return []
-        with open(self.files.path(FAILURES), encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+        path = self.files.path(FAILURES)
+        why = irregular_file(path.parent, path.name)
+        if why:
+            raise StoreFormatError(self.files.where(FAILURES), f"the failure record {why}")
+        records = []
+        with open(path, "rb") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    records.append(_failure_record(line, number, self.files.where(FAILURES)))
+        return records
 
     def fetch(self, names: list[str], progress: bool = False) -> None:
         """Download every chunk of these arrays now, in parallel (a no-op for a local store)."""
@@ -191,6 +200,10 @@ def _check_store(manifest: Manifest, files: StoreFiles) -> None:
         key = f"{name}/zarr.json"
         if not files.exists(key):
             raise StoreFormatError(files.where(key), f"metadata of array {name!r} is missing")
+        if isinstance(files, LocalFiles):
+            why = irregular_file(files.root, key)
+            if why:
+                raise StoreFormatError(files.where(key), f"array metadata {why}")
         per_sample = not name.startswith("text/")
         if per_sample and spec.shape[0] != manifest.num_samples:
             raise StoreFormatError(files.where(key),
@@ -203,12 +216,26 @@ def _check_store(manifest: Manifest, files: StoreFiles) -> None:
                 raise StoreFormatError(files.where("manifest.json"), f"text column {name!r} lacks its {part} array")
 
 
+def _failure_record(line: bytes, number: int, where: str) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise StoreFormatError(where, f"line {number} is not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(record, dict):
+        raise StoreFormatError(where, f"line {number} is not a failure record")
+    return record
+
+
 def _check_zarr_metadata(meta: Path, spec: ArraySpec, where: str) -> None:
     """The array's ``zarr.json`` describes the same layout as the manifest, so Zarr readers agree with us."""
+    size = meta.stat().st_size
+    if size > MAX_ARRAY_METADATA:
+        raise StoreFormatError(where, f"array metadata is {size} bytes, more than any store writes "
+                                      f"({MAX_ARRAY_METADATA})")
     try:
         doc = json.loads(meta.read_bytes())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise StoreFormatError(where, f"array metadata is not valid JSON ({exc})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise StoreFormatError(where, f"array metadata is not valid JSON ({type(exc).__name__})") from None
     expected = spec.metadata()
     for key in ("zarr_format", "node_type", "shape", "data_type", "chunk_grid", "chunk_key_encoding", "codecs"):
         found = doc.get(key) if isinstance(doc, dict) else None
@@ -224,4 +251,4 @@ def _load_text(store: Store, name: str) -> TextColumn:
         raise StoreFormatError(where, f"offsets do not span the {len(data)} text bytes of {len(store)} samples")
     if np.any(np.diff(offsets) < 0):
         raise StoreFormatError(where, "offsets are not increasing")
-    return TextColumn(data, offsets, store.manifest.text[name])
+    return TextColumn(data, offsets, store.manifest.text[name], where=store.files.where(f"text/{name}"))

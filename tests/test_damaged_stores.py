@@ -306,16 +306,13 @@ FILE_DAMAGES = [
     Damage("unknown file added", lambda store, scratch: (store / "images" / "extra.bin").write_bytes(b"x") and
            "images/extra.bin", None, "unexpected"),
     Damage("array metadata nested 100000 deep", replace("images/zarr.json", b"[" * 100_000), "not valid JSON",
-           "extended", fix="store.py _check_zarr_metadata: catch RecursionError from json.loads like ValueError"),
+           "extended"),
     Damage("array metadata symlinked outside the store", symlink_outside("images/zarr.json"), "outside the store",
-           "irregular", fix="store.py _check_store: refuse a zarr.json whose realpath is outside the store's realpath"),
+           "irregular"),
     Damage("array directory symlinked outside the store", symlink_outside("images", "images/zarr.json"),
-           "outside the store", "irregular",
-           fix="store.py _check_store (for zarr.json) and readers/chunked.py check_chunk_files (for chunks): compare "
-               "os.path.realpath(path) with the store root's realpath (islink only sees the last path component)"),
+           "outside the store", "irregular"),
     Damage("failures.jsonl damaged", replace(FAILURES, lambda b: b[:10] + b"\x00" + b[11:]), None, "altered",
-           read=failures_read, fix="store.py Store.failures: turn json/UnicodeDecodeError of a line into "
-                                   "StoreFormatError(path, 'line N is not valid JSON ...')"),
+           read=failures_read),
 ]
 
 DAMAGES = MANIFEST_DAMAGES + FILE_DAMAGES
@@ -444,8 +441,6 @@ def test_damaged_caption_through_the_dataset_is_our_error(pristine: Path, tmp_pa
     ds.close()
 
 
-@pytest.mark.xfail(strict=True, reason="store.py _check_zarr_metadata reads zarr.json whole: cap it (e.g. 1 MiB, "
-                                       "as the manifest is capped) and raise StoreFormatError beyond")
 def test_huge_array_metadata_is_not_read_whole(pristine: Path, tmp_path: Path) -> None:
     store = tmp_path / "store"
     shutil.copytree(pristine, store)

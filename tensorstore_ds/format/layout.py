@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,3 +206,18 @@ def write_array_metadata(root: Path, spec: ArraySpec, attributes: dict[str, Any]
         if not group.exists():
             write_json_atomic(group, {"zarr_format": 3, "node_type": "group", "attributes": {}}, fsync=False)
     write_json_atomic(root / spec.name / "zarr.json", spec.metadata(attributes), fsync=False)
+
+
+def irregular_file(root: Path, name: str) -> str | None:
+    """Why the store file ``name`` is not a plain file inside the store, or None."""
+    path = root / name
+    real = os.path.realpath(path)
+    if not Path(real).is_relative_to(os.path.realpath(root)):
+        return f"resolves to {real}, outside the store"
+    if path.is_symlink():
+        return f"is a symlink to {os.readlink(path)}"
+    if os.path.realpath(path.parent) != os.path.join(os.path.realpath(root), os.path.dirname(name)).rstrip("/"):
+        return "is reached through a symlinked directory"
+    if not stat.S_ISREG(path.lstat().st_mode):
+        return "is not a regular file"
+    return None

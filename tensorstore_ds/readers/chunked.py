@@ -23,7 +23,7 @@ from typing import IO, Any, Iterable, Protocol
 import numpy as np
 
 from ..errors import StoreFormatError
-from ..format.layout import ArraySpec
+from ..format.layout import ArraySpec, irregular_file
 
 PAGE = mmap.PAGESIZE
 
@@ -36,8 +36,9 @@ def check_chunk_files(root: Path, spec: ArraySpec) -> None:
             st = os.stat(path, follow_symlinks=False)
         except FileNotFoundError:
             raise StoreFormatError(path, f"chunk file is missing (array {spec.name!r}, chunk {k})") from None
-        if not os.path.isfile(path) or os.path.islink(path):
-            raise StoreFormatError(path, "chunk is not a regular file")
+        why = irregular_file(root, spec.chunk_key(k))
+        if why:
+            raise StoreFormatError(path, f"chunk is not a regular file inside the store: it {why}")
         if st.st_size != spec.chunk_bytes:
             what = "truncated" if st.st_size < spec.chunk_bytes else "longer than the format allows"
             raise StoreFormatError(path, f"chunk file is {what}: {st.st_size} bytes, expected {spec.chunk_bytes}")

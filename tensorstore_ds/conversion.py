@@ -218,11 +218,27 @@ def _run(src: Source, columns: ColumnPlan, opts: ConvertOptions, writer: StoreWr
     fetcher = Fetcher(opts.fetch_options(), concurrency=opts.fetch_concurrency)
     bar = tqdm(total=total, initial=writer.next_row, unit="sample", disable=not opts.progress,
                desc=f"converting {src.spec}"[:60], dynamic_ncols=True)
-    with bar, Pipeline(decode_sample, workers, fetcher, opts.fetch_concurrency) as pipe:
+    with bar, Pipeline(decode_sample, workers, fetcher, opts.fetch_concurrency, _canary(columns.media)) as pipe:
         for task, outcome in pipe.map(_tasks(src, columns, opts, writer)):
             _record(writer, task, outcome, opts)
             bar.update(1)
             bar.set_postfix(failed=writer.failed, refresh=False)
+
+
+def _canary(media: str) -> bytes:
+    """A small, valid image or audio file: what every working decoder decodes."""
+    import io
+
+    buf = io.BytesIO()
+    if media == "image":
+        from PIL import Image
+
+        Image.new("RGB", (8, 8), (40, 120, 200)).save(buf, "PNG")
+    else:
+        import soundfile
+
+        soundfile.write(buf, np.zeros(1600, np.float32), 16000, format="WAV")
+    return buf.getvalue()
 
 
 def _tasks(src: Source, columns: ColumnPlan, opts: ConvertOptions, writer: StoreWriter) -> Iterator[Task]:

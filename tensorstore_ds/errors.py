@@ -254,3 +254,17 @@ class StoreWriteError(StoreError):
 
     def __str__(self) -> str:  # OSError would otherwise format errno, strerror and filename
         return str(self.args[0])
+
+
+class DecoderStartError(TensorStoreDSError, RuntimeError):
+    """Decode processes fail even on a known-good sample, so no sample is to blame."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(kind, detail)
+
+    def _message(self, kind: str, detail: str) -> str:  # type: ignore[override]
+        return (
+            f"decode worker processes cannot run: a fresh one failed on a known-good sample too "
+            f"({kind}: {detail or 'the process died'}); nothing was recorded as failed. If you run from "
+            "an interactive session or stdin, use workers=0 or run a script file; rerun to resume"
+        )

@@ -24,7 +24,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
-from .errors import SampleError
+from .errors import DecoderStartError, SampleError
 from .fetch import Fetcher
 
 
@@ -73,14 +73,18 @@ class Pipeline:
         Fetches URL payloads; None when the source has no URLs.
     fetch_threads
         Concurrent fetches.
+    canary
+        A payload that must decode: after a decode process dies, a fresh one
+        decodes it before the sample is blamed.
     """
 
     def __init__(self, decode: Callable[..., dict[str, Any]], workers: int,
-                 fetcher: Fetcher | None = None, fetch_threads: int = 64) -> None:
+                 fetcher: Fetcher | None = None, fetch_threads: int = 64, canary: Any = None) -> None:
         self.decode = decode
         self.workers = workers
         self.fetcher = fetcher
         self.fetch_threads = fetch_threads
+        self.canary = canary
         self._procs: ProcessPoolExecutor | None = None
         self._solo: ProcessPoolExecutor | None = None  # decodes one sample at a time after a crash
         self._threads: ThreadPoolExecutor | None = None
@@ -143,8 +147,26 @@ class Pipeline:
         except BrokenProcessPool:
             self._solo.shutdown(wait=False, cancel_futures=True)
             self._solo = None
+            self._check_decoders_run(task)
             return SampleError("decoder-crashed", "the decoding process died on this sample (a decoder crash or "
                                                   "the out-of-memory killer); the other samples were decoded")
+
+    def _check_decoders_run(self, task: Task) -> None:
+        """Blame a sample only if a fresh decode process decodes a known-good sample.
+
+        Otherwise every sample would be recorded as failed for a fault that is
+        not theirs (a broken decoder library, a main module that spawned
+        processes cannot import): stop instead, and nothing is recorded.
+        """
+        if self.canary is None:
+            return
+        probe = _process_pool(1)
+        try:
+            probe.submit(self.decode, self.canary, *task.args).result(timeout=120)
+        except BaseException as exc:
+            raise DecoderStartError(type(exc).__name__, str(exc)) from exc
+        finally:
+            probe.shutdown(wait=False, cancel_futures=True)
 
     def _submit(self, task: Task) -> Future[dict[str, Any]]:
         if task.kind == "error":

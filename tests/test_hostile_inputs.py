@@ -6,6 +6,7 @@ The corpora themselves (every case and its expected outcome) are in tests/hostil
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -22,7 +23,7 @@ from tensorstore_ds import open_store, verify
 from tensorstore_ds.conversion import convert
 from tensorstore_ds.decode import decode_sample
 from tensorstore_ds.decode.image import ImageOptions, decode_image
-from tensorstore_ds.errors import ColumnNotFoundError, DecodeError, OptionsError
+from tensorstore_ds.errors import ColumnNotFoundError, DecodeError, DecoderStartError, OptionsError
 from tests.hostile import (
     SIZE,
     CorpusResult,
@@ -154,3 +155,20 @@ def test_a_decoder_crash_fails_only_its_sample(tmp_path: Path, monkeypatch: pyte
         (5, "decoder-crashed"), (6, "decoder-crashed"), (9, "undecodable-image"), (17, "decoder-crashed")]
     assert manifest.counts["failed_by_reason"] == {"decoder-crashed": 3, "undecodable-image": 1}
     assert verify(tmp_path / "out", progress=False).ok
+
+
+def always_crash(payload: Any, *args: Any) -> dict[str, Any]:
+    """A decoder whose process dies whatever it is given (a broken library, an unusable environment)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise AssertionError("unreachable")
+
+
+def test_decoders_that_cannot_run_stop_the_conversion_and_blame_no_sample(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a sample that kills a working decoder is recorded; a decoder that never works is a clear error."""
+    ds = datasets.Dataset(pa.table({"image": [good_image(i) for i in range(6)], "caption": ["c"] * 6}))
+    monkeypatch.setattr(tensorstore_ds.conversion, "decode_sample", always_crash)
+    with pytest.raises(DecoderStartError, match="cannot run: a fresh one failed on a known-good sample.*nothing was"):
+        convert(ds, tmp_path / "out", image_column="image", image_size=SIZE, workers=2, progress=False)
+    state = json.loads((tmp_path / "out" / ".convert" / "state.json").read_text())
+    assert state["failed"] == 0 and state["converted"] == 0

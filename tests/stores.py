@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 from pathlib import Path
@@ -74,6 +75,19 @@ def assert_same_values(a: dict[str, Any], b: dict[str, Any]) -> None:
 def tree_bytes(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` by relative path."""
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def store_bytes(root: Path) -> dict[str, bytes]:
+    """Every file of a store by relative path; the manifest without its ``created`` time.
+
+    Two conversions of the same source and options must give equal results.
+    """
+    files = tree_bytes(root)
+    if "manifest.json" in files:
+        doc = json.loads(files["manifest.json"])
+        doc.pop("created")
+        files["manifest.json"] = json.dumps(doc, sort_keys=True).encode()
+    return files
 
 
 def copy_tree(src: Path, dst: Path) -> Path:

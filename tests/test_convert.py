@@ -38,12 +38,13 @@ from tensorstore_ds.errors import (
     StoreLockedError,
 )
 from tensorstore_ds.fetch import Fetcher, FetchOptions
-from tensorstore_ds.format.manifest import MANIFEST, WORK_DIR
+from tensorstore_ds.format.manifest import WORK_DIR
 from tensorstore_ds.pipeline import Pipeline, Task
 from tensorstore_ds.store import open_store
 from tensorstore_ds.writer import Column, Plan, StoreWriter
 from tests.httpserver import Response, TestServer
 from tests.media import audio_bytes, audio_struct, image_bytes, isolate_hf_cache, write_audio, write_image
+from tests.stores import store_bytes
 
 SIZE = 16
 FAST: dict[str, Any] = {"image_size": SIZE, "chunk_mb": 0.002, "workers": 0, "progress": False}  # 2 rows a chunk
@@ -73,23 +74,8 @@ def local_images(root: Path, n: int, size: int = SIZE, bad: dict[int, str] | Non
     return names
 
 
-def store_files(root: Path) -> dict[str, bytes]:
-    """Every file of a store by relative path; the manifest without its ``created`` time."""
-    files = {}
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            rel = path.relative_to(root).as_posix()
-            data = path.read_bytes()
-            if rel == MANIFEST:
-                doc = json.loads(data)
-                doc.pop("created")
-                data = json.dumps(doc, sort_keys=True).encode()
-            files[rel] = data
-    return files
-
-
 def assert_same_store(a: Path, b: Path) -> None:
-    fa, fb = store_files(a), store_files(b)
+    fa, fb = store_bytes(a), store_bytes(b)
     assert sorted(fa) == sorted(fb)
     for name in fa:
         assert fa[name] == fb[name], f"{name} differs"

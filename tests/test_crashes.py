@@ -37,7 +37,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import tensorstore_ds
 from tensorstore_ds.conversion import convert
 from tensorstore_ds import TensorStoreDataset, open_store, verify
 from tensorstore_ds.cli import main
@@ -46,6 +45,7 @@ from tensorstore_ds.format.manifest import MANIFEST, WORK_DIR
 from tensorstore_ds.readers.shm import PREFIX
 from tests.httpserver import Response, TestServer
 from tests.media import image_bytes, isolate_hf_cache, write_image
+from tests.stores import store_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,21 +56,6 @@ def hf_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 # --- comparing stores ------------------------------------------------------------------------------------------
-
-
-def store_bytes(root: Path) -> dict[str, bytes]:
-    """Every file of a store by relative path; the manifest without its ``created`` time."""
-    files = {}
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            rel = path.relative_to(root).as_posix()
-            data = path.read_bytes()
-            if rel == MANIFEST:
-                doc = json.loads(data)
-                doc.pop("created")
-                data = json.dumps(doc, sort_keys=True).encode()
-            files[rel] = data
-    return files
 
 
 def differences(a: Path, b: Path) -> list[str]:
@@ -538,16 +523,27 @@ def shm_files(pids: set[int]) -> set[str]:
     return found
 
 
-class SlowDataset(TensorStoreDataset):
-    """Each batch takes a while, so a worker is killed while it works, not while its batch is in transit.
+class DyingDataset(TensorStoreDataset):
+    """Worker 0 is SIGKILLed while it gathers its second batch.
 
-    (A worker killed after queueing a batch makes the main process fail to receive
-    the batch's shared-memory file descriptor: torch raises ConnectionResetError
-    then, not its RuntimeError, for any dataset.)
+    The kill comes from inside the dataset's own code, so the worker never dies
+    holding one of the DataLoader's multiprocessing locks (a kill from outside
+    can land inside ``Event.is_set()`` and deadlock the main process and the
+    other worker), nor after queueing a batch (then the main process fails to
+    receive the batch's shared-memory descriptor and torch raises
+    ConnectionResetError, for any dataset).
     """
 
+    batches = 0
+
     def __getitems__(self, indices: Any) -> Any:
-        time.sleep(0.15)
+        import torch.utils.data
+
+        info = torch.utils.data.get_worker_info()
+        if info is not None and info.id == 0:
+            DyingDataset.batches += 1  # per process: each forked worker counts its own
+            if DyingDataset.batches == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
         return super().__getitems__(indices)
 
 
@@ -565,14 +561,14 @@ class WorkerKill:
 
 
 def kill_a_dataloader_worker(store: Path, mode: str) -> WorkerKill:
-    """Iterate a 2-worker DataLoader, SIGKILL a worker after the first batch, clean up, look for leftovers."""
+    """Iterate a 2-worker DataLoader whose worker 0 is SIGKILLed mid-epoch, clean up, look for leftovers."""
     from torch.utils.data import DataLoader
 
     from tensorstore_ds import ChunkShuffleSampler, collate
 
     result = WorkerKill()
     before = set(os.listdir("/dev/shm"))
-    ds = SlowDataset(store, mode=mode, memory_budget="1GiB" if mode == "ram" else "8KiB", progress=False)
+    ds = DyingDataset(store, mode=mode, memory_budget="1GiB" if mode == "ram" else "8KiB", progress=False)
     result.samples = len(ds)
     loader = DataLoader(ds, batch_size=4, sampler=ChunkShuffleSampler(ds, seed=1), collate_fn=collate,
                         num_workers=2, multiprocessing_context="fork", prefetch_factor=1)
@@ -581,12 +577,9 @@ def kill_a_dataloader_worker(store: Path, mode: str) -> WorkerKill:
     torch_handler = signal.getsignal(signal.SIGCHLD)  # torch's: it raises when a worker dies
     try:
         try:
+            pids.update(w.pid for w in iterator._workers)  # type: ignore[attr-defined]
             for batch in iterator:
                 result.served += len(batch["index"])
-                if result.served == 4:
-                    workers = [w.pid for w in iterator._workers]  # type: ignore[attr-defined]
-                    pids.update(workers)
-                    os.kill(workers[0], signal.SIGKILL)
         except Exception as exc:  # noqa: BLE001 - the caller judges it
             result.error = f"{type(exc).__name__}: {exc}"
         # Torch's SIGCHLD handler would raise again, anywhere, while the other worker is shut down.

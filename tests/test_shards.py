@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from tensorstore_ds.errors import OptionsError, StoreError
 from tensorstore_ds.shards import commit, shard_dir, shard_ranges
 
 from .media import isolate_hf_cache, write_image
+from .stores import store_bytes
 
 ROWS = 29
 OPTIONS = dict(image_column="image", image_size=8, chunk_mb=0.001, workers=0, progress=False)
@@ -39,15 +39,6 @@ def source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "data.parquet"
 
 
-def store_files(root: Path) -> dict[str, bytes]:
-    """Every file of a store but the manifest, plus the manifest without its timestamp."""
-    files = {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-    manifest = json.loads(files.pop("manifest.json"))
-    manifest.pop("created")
-    files["manifest.json"] = json.dumps(manifest, sort_keys=True).encode()
-    return files
-
-
 def test_shard_ranges_are_chunk_aligned_and_cover_every_row() -> None:
     ranges = shard_ranges(1000, 3, 64)
     assert ranges == [(0, 384), (384, 768), (768, 1000)]
@@ -63,7 +54,7 @@ def test_job_array_then_commit_equals_one_conversion(source: Path, tmp_path: Pat
         assert (shard_dir(out, k, 3) / "manifest.json").exists() and part.source["shard"] == [k, 3]
     merged = commit(out, progress=False)
     assert merged.num_samples == whole.num_samples and merged.source == whole.source
-    assert store_files(out) == store_files(tmp_path / "whole")
+    assert store_bytes(out) == store_bytes(tmp_path / "whole")
     assert verify(out, progress=False).ok and not (out / ".shards").exists()
 
 
@@ -95,4 +86,4 @@ def test_dask_local_cluster_equals_one_conversion(source: Path, tmp_path: Path) 
                                   dashboard_address=None, silence_logs=logging.WARNING) as cluster, distributed.Client(cluster) as client:
         manifest = convert(str(source), tmp_path / "dask", client=client, shards=4, **OPTIONS)
     assert manifest.counts == open_store(whole).manifest.counts
-    assert store_files(tmp_path / "dask") == store_files(whole)
+    assert store_bytes(tmp_path / "dask") == store_bytes(whole)

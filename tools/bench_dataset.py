@@ -77,36 +77,60 @@ def batches(n: int, batch: int, count: int, seed: int) -> list[np.ndarray]:
     return [rng.integers(0, n, batch) for _ in range(count)]
 
 
-def bench_in_process(store: Path, args: argparse.Namespace, out: dict[str, Any]) -> None:
-    ds = TensorStoreDataset(store, mode="ram", progress=False)
-    data = np.array(ds._arrays["images"].data)  # the baseline's own in-RAM copy
-    idxs = batches(len(ds), args.batch, args.batches, 1)
+def bench_baselines(ds: TensorStoreDataset, idxs: list[np.ndarray], args: argparse.Namespace,
+                    out: dict[str, Any]) -> None:
+    """numpy fancy indexing of the data in one in-RAM array of its own, and memcpy."""
+    data = np.array(ds._arrays["images"].data)
     out["numpy_fancy_index"] = timed(lambda: sum(len(data[i]) for i in idxs), args.repeats)
     src = data[: args.batch].copy()
     dst = np.empty_like(src)
     out["memcpy"] = timed(lambda: sum(np.copyto(dst, src) or len(src) for _ in idxs), args.repeats)
+
+
+def bench_in_process(store: Path, args: argparse.Namespace, out: dict[str, Any]) -> None:
+    ds = TensorStoreDataset(store, mode="ram", progress=False)
+    idxs = batches(len(ds), args.batch, args.batches, 1)
+    bench_baselines(ds, idxs, args, out)
     out["ram_in_process"] = timed(lambda: sum(len(collate(ds.__getitems__(i))["index"]) for i in idxs), args.repeats)
-    del data, src, dst
-    out["seed_style"] = bench_seed_style(ds, args)
     out["hf_datasets_array3d"] = bench_hf(ds, args)
 
 
+class SeedStyleDataset:
+    """What the seed's InMemoryImageTextDataset holds after pre-loading: PIL images and captions."""
+
+    def __init__(self, images: list[Any], captions: list[str]) -> None:
+        self.images, self.captions = images, captions
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"image": self.images[i], "caption": self.captions[i]}
+
+
+def seed_collate(batch: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The seed's collate_in_memory_images: lists of PIL images and captions."""
+    return {"images": [b["image"] for b in batch], "captions": [b["caption"] for b in batch]}
+
+
 def bench_seed_style(ds: TensorStoreDataset, args: argparse.Namespace) -> float:
-    """The seed's loader: PIL images in a list, each batch converted to a uint8 tensor."""
+    """The seed's loader through a DataLoader, each batch turned into a uint8 tensor for the model."""
     import torch
     from PIL import Image
+    from torch.utils.data import DataLoader, RandomSampler
 
     n = min(len(ds), 2000)
     pixels = ds._arrays["images"].data
-    images = [Image.fromarray(np.array(pixels[i])) for i in range(n)]
-    captions = [ds._text["caption"].take([i])[0] for i in range(n)]
-    idxs = batches(n, args.batch, max(4, args.batches // 4), 2)
+    seed = SeedStyleDataset([Image.fromarray(np.array(pixels[i])) for i in range(n)],
+                            [ds._text["caption"].take([i])[0] for i in range(n)])
+    count = args.batch * max(4, args.batches // 2)
+    sampler = RandomSampler(seed, num_samples=count, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(seed, batch_size=args.batch, sampler=sampler, collate_fn=seed_collate)
 
     def run() -> int:
         served = 0
-        for idx in idxs:
-            batch = [(images[i], captions[i]) for i in idx]
-            tensor = torch.stack([torch.from_numpy(np.asarray(im)).permute(2, 0, 1) for im, _ in batch])
+        for batch in loader:
+            tensor = torch.stack([torch.from_numpy(np.array(im)) for im in batch["images"]]).permute(0, 3, 1, 2)
             served += len(tensor)
         return served
 
@@ -168,6 +192,7 @@ def bench_workers(store: Path, args: argparse.Namespace, out: dict[str, Any]) ->
     plain = NumpyDataset(np.array(ds._arrays["images"].data))
     out["numpy_dataset_0_workers"] = loader_rate(plain, args, 0, "fork")
     out["numpy_dataset_2_workers"] = loader_rate(plain, args, 2, "fork")
+    out["seed_style"] = bench_seed_style(ds, args)
 
 
 def pss_child(store: str, context: str, batch: int) -> None:
@@ -185,14 +210,21 @@ def pss_child(store: str, context: str, batch: int) -> None:
 
 
 def bench_memory(store: Path, tiny: Path, args: argparse.Namespace, out: dict[str, Any]) -> None:
+    """PSS of a 4-worker loader over the store minus over a 1-sample store, at two batch sizes.
+
+    The excess is the data plus the batches in flight (4 workers x prefetch 2, plus those held);
+    the small batch size shows how much of it is batch buffers rather than copies of the data.
+    """
     for context in ("fork", "spawn"):
-        got = {}
-        for name, path in (("store", store), ("tiny", tiny)):
-            cmd = [sys.executable, __file__, "--pss-child", str(path), context, str(args.batch)]
-            got[name] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-        excess = got["store"]["pss"] - got["tiny"]["pss"]
-        out[f"pss_excess_over_data_{context}"] = excess / got["store"]["data"]
-        out[f"pss_{context}"] = got["store"]["pss"]
+        for batch in (args.batch, 32):
+            got = {}
+            for name, path in (("store", store), ("tiny", tiny)):
+                cmd = [sys.executable, __file__, "--pss-child", str(path), context, str(batch)]
+                lines = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()
+                got[name] = json.loads(lines[-1])
+            excess = got["store"]["pss"] - got["tiny"]["pss"]
+            out[f"pss_excess_over_data_{context}_b{batch}"] = excess / got["store"]["data"]
+            out[f"pss_{context}_b{batch}"] = got["store"]["pss"]
 
 
 def drop_cache(store: Path) -> None:
@@ -252,20 +284,21 @@ def report(out: dict[str, Any]) -> None:
         ("RAM mode, DataLoader 2 workers", out["ram_loader_2_workers"], f"{out['ram_loader_2_workers'] / base:.2f}"),
         ("numpy Dataset, DataLoader 0 workers", out["numpy_dataset_0_workers"], f"{out['numpy_dataset_0_workers'] / base:.2f}"),
         ("numpy Dataset, DataLoader 2 workers", out["numpy_dataset_2_workers"], f"{out['numpy_dataset_2_workers'] / base:.2f}"),
-        ("seed-style PIL list loader", out["seed_style"], f"{out['seed_style'] / base:.2f}"),
+        ("seed-style loader (PIL list, DataLoader 0 workers)", out["seed_style"], f"{out['seed_style'] / base:.2f}"),
         ("HF datasets Array3D numpy", out["hf_datasets_array3d"], f"{out['hf_datasets_array3d'] / base:.2f}"),
     ]
-    print(f"\n{'loader':42s} {'samples/s':>12s} {'x baseline':>10s}")
+    print(f"\n{'loader':52s} {'samples/s':>12s} {'x baseline':>10s}")
     for name, rate, ratio in lines:
-        print(f"{name:42s} {rate:12,.0f} {ratio:>10s}")
+        print(f"{name:52s} {rate:12,.0f} {ratio:>10s}")
     print(f"\nRAM in-process / memcpy: {out['ram_in_process'] / out['memcpy']:.2f}")
     print(f"RAM 2 workers / RAM in-process: {out['ram_loader_2_workers'] / out['ram_in_process']:.2f}")
-    print(f"RAM in-process / seed-style: {out['ram_in_process'] / out['seed_style']:.1f}x")
+    print(f"RAM mode / seed-style, both through a DataLoader with 0 workers: "
+          f"{out['ram_loader_0_workers'] / out['seed_style']:.1f}x")
     print(f"RAM in-process / HF datasets: {out['ram_in_process'] / out['hf_datasets_array3d']:.1f}x")
-    for context in ("fork", "spawn"):
-        if f"pss_{context}" in out:
-            print(f"PSS, 4 workers, {context}: {format_bytes(out[f'pss_{context}'])}; excess over 1-sample store "
-                  f"= {out[f'pss_excess_over_data_{context}']:.2f}x the data size")
+    for key in sorted(k for k in out if k.startswith("pss_excess_over_data_")):
+        context, batch = key.rsplit("_", 2)[-2:]
+        print(f"PSS, 4 workers, {context}, batch {batch[1:]}: {format_bytes(out[f'pss_{context}_{batch}'])}; "
+              f"excess over a 1-sample store = {out[key]:.2f}x the data size")
     if "disk_sequential_MBps" in out:
         print(f"\npaged, budget {format_bytes(out['paged_budget'])}, cold cache; disk sequential "
               f"{out['disk_sequential_MBps']:,.0f} MB/s")

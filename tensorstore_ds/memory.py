@@ -10,15 +10,20 @@ import os
 from pathlib import Path
 
 
-def pss_bytes(pid: int) -> int:
-    """PSS of one process, from ``/proc/PID/smaps_rollup`` (0 if it is gone)."""
+def _proc_kib(path: str, field: str) -> int:
+    """Bytes of a ``FIELD:  N kB`` line of a /proc file (0 if the process is gone)."""
     try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError):
         pass
     return 0
+
+
+def pss_bytes(pid: int) -> int:
+    """PSS of one process, from ``/proc/PID/smaps_rollup``."""
+    return _proc_kib(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
 def descendants(pid: int) -> list[int]:
@@ -45,10 +50,4 @@ def tree_pss_bytes(pid: int | None = None) -> int:
 
 def rss_bytes(pid: int | None = None) -> int:
     """Resident set size of one process (default: this one)."""
-    try:
-        for line in Path(f"/proc/{os.getpid() if pid is None else pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
+    return _proc_kib(f"/proc/{os.getpid() if pid is None else pid}/status", "VmRSS:")

@@ -16,9 +16,7 @@ import argparse
 import multiprocessing
 import os
 import shutil
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchlib import median_rate  # noqa: E402
 from tensorstore_ds import convert  # noqa: E402
 from tensorstore_ds.samples import make_image_folder  # noqa: E402
 
@@ -54,15 +53,6 @@ def ours(source: Path, out: Path, workers: int) -> int:
     return manifest.num_samples
 
 
-def rate(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        n = fn()
-        rates.append(n / (time.perf_counter() - t0))
-    return statistics.median(rates)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=240)
@@ -78,10 +68,10 @@ def main() -> None:
     cores = os.cpu_count() or 1
     ours(source, out, 0)  # warm the datasets cache and the page cache
     results = {
-        "seed, 1 core": rate(lambda: seed_serial(files), args.repeats),
-        "convert, workers=0 (1 core)": rate(lambda: ours(source, out, 0), args.repeats),
-        f"seed, Pool({cores})": rate(lambda: seed_pool(files), args.repeats),
-        f"convert, workers={cores}": rate(lambda: ours(source, out, cores), args.repeats),
+        "seed, 1 core": median_rate(lambda: seed_serial(files), args.repeats),
+        "convert, workers=0 (1 core)": median_rate(lambda: ours(source, out, 0), args.repeats),
+        f"seed, Pool({cores})": median_rate(lambda: seed_pool(files), args.repeats),
+        f"convert, workers={cores}": median_rate(lambda: ours(source, out, cores), args.repeats),
     }
     print(f"\n{args.images} JPEGs, sizes {', '.join(f'{w}x{h}' for w, h in SIZES)}; median of {args.repeats}")
     for name, value in results.items():

@@ -22,18 +22,18 @@ import argparse
 import gc
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchlib import median_rate  # noqa: E402
 from tensorstore_ds import ChunkShuffleSampler, TensorStoreDataset, collate  # noqa: E402
 from tensorstore_ds.budget import format_bytes  # noqa: E402
 from tensorstore_ds.memory import rss_bytes, tree_pss_bytes  # noqa: E402
@@ -62,16 +62,6 @@ def build_store(path: Path, n: int, seed: int = 0) -> None:
     writer.finish({"rows_read": n})
 
 
-def timed(fn: Callable[[], int], repeats: int) -> float:
-    """Median samples/s of ``fn`` (which returns the samples it served)."""
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        count = fn()
-        rates.append(count / (time.perf_counter() - t0))
-    return statistics.median(rates)
-
-
 def batches(n: int, batch: int, count: int, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.integers(0, n, batch) for _ in range(count)]
@@ -81,17 +71,17 @@ def bench_baselines(ds: TensorStoreDataset, idxs: list[np.ndarray], args: argpar
                     out: dict[str, Any]) -> None:
     """numpy fancy indexing of the data in one in-RAM array of its own, and memcpy."""
     data = np.array(ds._arrays["images"].data)
-    out["numpy_fancy_index"] = timed(lambda: sum(len(data[i]) for i in idxs), args.repeats)
+    out["numpy_fancy_index"] = median_rate(lambda: sum(len(data[i]) for i in idxs), args.repeats)
     src = data[: args.batch].copy()
     dst = np.empty_like(src)
-    out["memcpy"] = timed(lambda: sum(np.copyto(dst, src) or len(src) for _ in idxs), args.repeats)
+    out["memcpy"] = median_rate(lambda: sum(np.copyto(dst, src) or len(src) for _ in idxs), args.repeats)
 
 
 def bench_in_process(store: Path, args: argparse.Namespace, out: dict[str, Any]) -> None:
     ds = TensorStoreDataset(store, mode="ram", progress=False)
     idxs = batches(len(ds), args.batch, args.batches, 1)
     bench_baselines(ds, idxs, args, out)
-    out["ram_in_process"] = timed(lambda: sum(len(collate(ds.__getitems__(i))["index"]) for i in idxs), args.repeats)
+    out["ram_in_process"] = median_rate(lambda: sum(len(collate(ds.__getitems__(i))["index"]) for i in idxs), args.repeats)
     out["hf_datasets_array3d"] = bench_hf(ds, args)
 
 
@@ -134,7 +124,7 @@ def bench_seed_style(ds: TensorStoreDataset, args: argparse.Namespace) -> float:
             served += len(tensor)
         return served
 
-    return timed(run, args.repeats)
+    return median_rate(run, args.repeats)
 
 
 def bench_hf(ds: TensorStoreDataset, args: argparse.Namespace) -> float:
@@ -155,7 +145,7 @@ def bench_hf(ds: TensorStoreDataset, args: argparse.Namespace) -> float:
         datasets.Dataset.from_generator(gen, features=features).save_to_disk(str(cache))
     hf = datasets.load_from_disk(str(cache)).with_format("numpy")
     idxs = batches(n, args.batch, max(4, args.batches // 4), 3)
-    return timed(lambda: sum(len(hf[i.tolist()]["image"]) for i in idxs), args.repeats)
+    return median_rate(lambda: sum(len(hf[i.tolist()]["image"]) for i in idxs), args.repeats)
 
 
 def loader_rate(dataset: Any, args: argparse.Namespace, workers: int, context: str, collate_fn: Any = None) -> float:
@@ -167,7 +157,7 @@ def loader_rate(dataset: Any, args: argparse.Namespace, workers: int, context: s
                         multiprocessing_context=context if workers else None, collate_fn=collate_fn,
                         persistent_workers=workers > 0, prefetch_factor=2 if workers else None)
     next(iter(loader))  # start the workers before timing
-    return timed(lambda: sum(len(b["index"] if isinstance(b, dict) else b) for b in loader), args.repeats)
+    return median_rate(lambda: sum(len(b["index"] if isinstance(b, dict) else b) for b in loader), args.repeats)
 
 
 class NumpyDataset:

@@ -14,28 +14,17 @@ import argparse
 import logging
 import os
 import shutil
-import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchlib import median_rate  # noqa: E402
 from tensorstore_ds import convert  # noqa: E402
 from tensorstore_ds.samples import make_image_folder  # noqa: E402
 
 SIZES = ((640, 480), (1024, 768), (2048, 1536), (4000, 3000))
-
-
-def timed(run, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    """Median images/s over ``repeats`` runs of ``run`` (which returns images converted)."""
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        n = run()
-        rates.append(n / (time.perf_counter() - t0))
-    return statistics.median(rates)
 
 
 def main() -> None:
@@ -57,8 +46,8 @@ def main() -> None:
         return convert(str(source), out, workers=workers, **options).num_samples
 
     local(0)  # warm the datasets cache and the page cache
-    results = {"local, workers=0 (1 core)": timed(lambda: local(0), args.repeats),
-               f"local pool, workers={os.cpu_count()}": timed(lambda: local(os.cpu_count() or 1), args.repeats)}
+    results = {"local, workers=0 (1 core)": median_rate(lambda: local(0), args.repeats),
+               f"local pool, workers={os.cpu_count()}": median_rate(lambda: local(os.cpu_count() or 1), args.repeats)}
     for n in (1, 2, 4):
         with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
                           dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
@@ -66,7 +55,7 @@ def main() -> None:
                 shutil.rmtree(out, ignore_errors=True)
                 return convert(str(source), out, client=client, shards=4 * n, **options).num_samples
 
-            results[f"dask, {n} worker(s), {4 * n} shards"] = timed(dask, args.repeats)
+            results[f"dask, {n} worker(s), {4 * n} shards"] = median_rate(dask, args.repeats)
     base = results[f"local pool, workers={os.cpu_count()}"]
     print(f"\n{args.images} JPEGs, {', '.join(f'{w}x{h}' for w, h in SIZES)}; median of {args.repeats}; "
           f"{os.cpu_count()} cores")

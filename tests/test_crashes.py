@@ -168,9 +168,14 @@ def committed(out: Path) -> int:
 
 
 def phase(out: Path, committed_before: int | None = None) -> str:
-    """Where a conversion is: starting (nothing committed by this run yet), converting, finishing, finished."""
+    """Where a conversion is: starting (nothing committed by this run yet), converting, finishing, finished.
+
+    A store whose manifest is written but whose work directory is still there
+    was killed while finishing: it is complete and readable, and rerunning the
+    command removes the work directory (as the kill loop then does).
+    """
     if (out / MANIFEST).exists():
-        return "finished"
+        return "finishing" if (out / WORK_DIR).exists() else "finished"
     if (out / "source_row").exists() or (out / "failures.jsonl").exists() or (out / ".failures.jsonl.tmp").exists():
         return "finishing"
     before = 0 if committed_before is None else committed_before

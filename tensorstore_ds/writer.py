@@ -117,6 +117,7 @@ class StoreWriter:
     def open(cls, root: str | os.PathLike[str], plan: Plan, overwrite: bool = False) -> StoreWriter:
         """Lock ``root`` and start or resume a conversion into it."""
         writer = cls(Path(root), plan)
+        fresh = not writer.work.exists()
         with writer._writing():
             writer.root.mkdir(parents=True, exist_ok=True)
             writer._lock()
@@ -127,6 +128,8 @@ class StoreWriter:
                 writer._resume()
         except BaseException:
             writer.close()
+            if fresh and not (writer.work / "state.json").exists():
+                shutil.rmtree(writer.work, ignore_errors=True)  # leave a refused directory as it was
             raise
         return writer
 

@@ -463,6 +463,7 @@ def test_overwrite_refuses_a_foreign_directory(tmp_path: Path) -> None:
         with pytest.raises(StoreError, match="thesis.txt"):
             convert(src, tmp_path / "mine", overwrite=overwrite, **FAST)
     assert (tmp_path / "mine" / "thesis.txt").read_text() == "precious"
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["thesis.txt"]  # no work directory left behind
 
 
 def test_a_second_conversion_into_the_same_store_is_locked_out(tmp_path: Path) -> None:

@@ -102,6 +102,7 @@ class StoreWriter:
         self.plan = plan
         self.work = root / WORK_DIR
         self._lock_fd: int | None = None
+        self._made_work = False  # this writer created the work directory (so it may remove it)
         self.finished = False
         self.chunks = 0
         self.next_row = 0
@@ -117,7 +118,7 @@ class StoreWriter:
     def open(cls, root: str | os.PathLike[str], plan: Plan, overwrite: bool = False) -> StoreWriter:
         """Lock ``root`` and start or resume a conversion into it."""
         writer = cls(Path(root), plan)
-        fresh = not writer.work.exists()
+        writer._made_work = not writer.work.exists()
         with writer._writing():
             writer.root.mkdir(parents=True, exist_ok=True)
             writer._lock()
@@ -128,8 +129,6 @@ class StoreWriter:
                 writer._resume()
         except BaseException:
             writer.close()
-            if fresh and not (writer.work / "state.json").exists():
-                shutil.rmtree(writer.work, ignore_errors=True)  # leave a refused directory as it was
             raise
         return writer
 
@@ -156,8 +155,8 @@ class StoreWriter:
         is_store = any((self.root / p).exists() for p in (MANIFEST, "zarr.json", f"{WORK_DIR}/state.json"))
         others = [e.name for e in self.root.iterdir() if e.name not in RESERVED_DIRS]
         if others and not is_store:
-            raise StoreError(f"refusing to overwrite {self.root}: it holds {sorted(others)[:5]} "
-                             "and is not a tensorstore_ds store")
+            self._refuse(f"refusing to overwrite {self.root}: it holds {sorted(others)[:5]} "
+                         "and is not a tensorstore_ds store")
         for entry in self.root.iterdir():
             if entry.name in RESERVED_DIRS:
                 continue
@@ -165,6 +164,13 @@ class StoreWriter:
         for entry in self.work.iterdir():
             if entry.name != "lock":
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+    def _refuse(self, message: str) -> None:
+        """Refuse a directory that is not ours, leaving it exactly as it was."""
+        if self._made_work:
+            self.close()
+            shutil.rmtree(self.work, ignore_errors=True)
+        raise StoreError(message)
 
     def _resume(self) -> None:
         if (self.root / MANIFEST).exists():
@@ -175,8 +181,8 @@ class StoreWriter:
         state_path = self.work / "state.json"
         if not state_path.exists():
             if others:
-                raise StoreError(f"{self.root} is not empty and is not a tensorstore_ds store "
-                                 f"(holds {sorted(others)[:5]}); choose an empty directory or overwrite=True")
+                self._refuse(f"{self.root} is not empty and is not a tensorstore_ds store "
+                             f"(holds {sorted(others)[:5]}); choose an empty directory or overwrite=True")
             self._write_state()  # first: a crash between the two must not make the store look foreign
             write_group_metadata(self.root, FORMAT_VERSION)
             return

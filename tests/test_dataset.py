@@ -537,3 +537,22 @@ def test_shm_dir_setting(stores: Stores, expected: Expected, tmp_path: Path, mon
     del ds, batches
     gc.collect()
     assert os.listdir(tmp_path) == []
+
+
+def test_buffers_of_a_killed_process_are_reaped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process killed before its exit handlers run cannot remove its buffers; the next one does."""
+    import subprocess
+    import sys
+
+    from tensorstore_ds.readers.shm import PREFIX, SharedBuffer
+
+    monkeypatch.setenv("TENSORSTORE_DS_SHM_DIR", str(tmp_path))
+    code = ("import os, signal; from tensorstore_ds.readers.shm import SharedBuffer; "
+            "b = SharedBuffer.create(4096); print(b.path, flush=True); os.kill(os.getpid(), signal.SIGKILL)")
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
+    orphan = Path(killed.stdout.strip())
+    assert killed.returncode == -9 and orphan.exists() and orphan.name.startswith(PREFIX)
+    mine = SharedBuffer.create(4096)
+    assert not orphan.exists()                  # reaped: its creator is dead
+    assert Path(mine.path).exists()             # ours stays while we live
+    assert [p.name for p in tmp_path.iterdir()] == [Path(mine.path).name]

@@ -5,7 +5,9 @@ A buffer is a file in a RAM-backed directory (``/dev/shm``, or
 the mapping; spawned or forkserver workers, and anything that unpickles the
 buffer, attach to it by name, so pickling never copies the data. Only the
 process that created a buffer removes its file, when the buffer is garbage
-collected or the process exits.
+collected or the process exits. A process killed before that (SIGKILL, or a
+SIGTERM from a scheduler's preemption) cannot; its buffers carry its pid in
+their name, and the next buffer created on the machine removes them.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class SharedBuffer:
     def create(cls, size: int) -> SharedBuffer:
         """A new zero-filled buffer owned by this process."""
         directory = shm_dir()
+        reap_orphans(directory)
         free = _free_bytes(directory)
         if size > free:
             raise SharedMemoryError(directory, size, free)
@@ -91,6 +94,32 @@ class SharedBuffer:
     def array(self, dtype: str | np.dtype[Any], shape: tuple[int, ...]) -> np.ndarray:
         """The buffer as a numpy array (read-only when attached)."""
         return np.frombuffer(self.mapped, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+
+
+def reap_orphans(directory: str) -> list[str]:
+    """Remove the buffers whose creating process is gone; return their names."""
+    reaped = []
+    for name in os.listdir(directory):
+        if not name.startswith(PREFIX):
+            continue
+        pid = name[len(PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            try:
+                os.unlink(os.path.join(directory, name))
+                reaped.append(name)
+            except FileNotFoundError:
+                pass  # another process reaped it first
+    return reaped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
 
 
 def _free_bytes(directory: str) -> int:

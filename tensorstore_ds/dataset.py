@@ -15,11 +15,10 @@ from .errors import BudgetError, OptionsError
 from .readers.chunked import ChunkedArray
 from .readers.shm import RamArray, SharedBuffer
 from .ring import carve, layout_bytes, process_ring
-from .store import Store, open_store
+from .store import MEDIA_FIELDS, Store, open_store
 
 log = logging.getLogger("tensorstore_ds")
 MODES = ("auto", "ram", "paged")
-ALIASES = {"image": "images", "length": None}
 
 
 class TensorStoreDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
@@ -170,7 +169,7 @@ def _select(store: Store, fields: Sequence[str] | None) -> tuple[list[str], list
         name = requested
         if name == "length":
             name = "image_size" if media == "images" else "audio_length"
-        name = ALIASES.get(name) or name
+        name = MEDIA_FIELDS.get(name, name)
         if name in store.manifest.text:
             text.append(name)
         elif name in store.manifest.arrays and not name.startswith("text/"):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,12 +29,11 @@ import numpy as np
 
 from .checksums import checksum_files, store_files
 from .errors import OptionsMismatchError, StoreError, StoreLockedError, StoreWriteError
-from .format.layout import ArraySpec, write_array, write_array_metadata, write_chunk, write_group_metadata, write_json_atomic
+from .format.layout import TEMP_FILE, ArraySpec, write_array, write_array_metadata, write_chunk, write_group_metadata, write_json_atomic
 from .format.manifest import FAILURES, FORMAT_VERSION, MANIFEST, RESERVED_DIRS, WORK_DIR, Manifest
 from .format.text import TextColumnWriter, text_specs
 
 SMALL_CHUNK_ROWS = 2**20
-TEMP_FILE = re.compile(r"\..+\.tmp\d+")  # format.layout.write_bytes_atomic's temporary files
 
 
 @dataclass(frozen=True)

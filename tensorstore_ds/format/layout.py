@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,8 +150,11 @@ def write_json_atomic(path: str | os.PathLike[str], doc: Any, fsync: bool = True
     write_bytes_atomic(path, json.dumps(doc, indent=1, sort_keys=True).encode(), fsync)
 
 
+TEMP_FILE = re.compile(r"\..+\.tmp\d+")  # the names of write_bytes_atomic's temporary files
+
+
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes | memoryview, fsync: bool = True) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename."""
+    """Write ``data`` to ``path`` via a temporary file (a :data:`TEMP_FILE` name) and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")

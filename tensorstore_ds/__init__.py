@@ -14,20 +14,20 @@ from typing import Any
 from ._version import __version__
 
 _EXPORTS = {
-    "Batch": ".batch",
-    "ChunkShuffleSampler": ".sampler",
-    "ConvertOptions": ".conversion",
-    "MultiStoreDataset": ".multi",
-    "Store": ".store",
-    "TensorStoreDataset": ".dataset",
-    "collate": ".batch",
-    "convert": ".conversion",
+    "Batch": ".serve.batch",
+    "ChunkShuffleSampler": ".serve.sampler",
+    "ConvertOptions": ".conversion.api",
+    "MultiStoreDataset": ".serve.multi",
+    "Store": ".store.store",
+    "TensorStoreDataset": ".serve.dataset",
+    "collate": ".serve.batch",
+    "convert": ".conversion.api",
     "errors": ".errors",
-    "merge": ".merge_stores",
-    "open_store": ".store",
-    "pull": ".pull_store",
-    "verify": ".checksums",
-    "VerifyReport": ".checksums",
+    "merge": ".conversion.merge",
+    "open_store": ".store.store",
+    "pull": ".store.pull",
+    "verify": ".store.verify",
+    "VerifyReport": ".store.verify",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any, Sequence
 
-from .conversion import ConvertOptions
+from .conversion.api import ConvertOptions
 from .errors import TensorStoreDSError
 
 CONVERT_HELP = {
@@ -64,14 +64,14 @@ def _add_convert(sub: Any) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from .conversion import convert
-    from .report import summary
+    from .conversion.api import convert
+    from .store.info import summary
 
     options = {f.name: getattr(args, f.name) for f in dataclasses.fields(ConvertOptions)}
     manifest = convert(args.source, args.out, **options)
     where = args.out
     if args.shard and args.engine is None:
-        from .shards import parse_shard, shard_dir
+        from .conversion.shards import parse_shard, shard_dir
 
         where = shard_dir(args.out, *parse_shard(args.shard))
     print(summary(where, manifest))
@@ -79,15 +79,15 @@ def _run_convert(args: argparse.Namespace) -> int:
 
 
 def _run_commit(args: argparse.Namespace) -> int:
-    from .report import summary
-    from .shards import commit
+    from .store.info import summary
+    from .conversion.shards import commit
 
     print(summary(args.out, commit(args.out, progress=not args.quiet)))
     return 0
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from .report import info
+    from .store.info import info
 
     doc = info(args.store)
     print(json.dumps(doc, indent=2) if args.json else _format_info(doc))
@@ -106,7 +106,7 @@ def _format_info(doc: dict[str, Any]) -> str:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    from .checksums import verify
+    from .store.verify import verify
 
     report = verify(args.store, progress=not args.quiet)
     print(report)
@@ -114,8 +114,8 @@ def _run_verify(args: argparse.Namespace) -> int:
 
 
 def _run_pull(args: argparse.Namespace) -> int:
-    from .budget import format_bytes
-    from .pull_store import pull
+    from .units import format_bytes
+    from .store.pull import pull
 
     manifest = pull(args.url, args.dest, workers=args.workers, progress=not args.quiet, retries=args.retries)
     size = sum(entry["size"] for entry in manifest.files.values())
@@ -124,8 +124,8 @@ def _run_pull(args: argparse.Namespace) -> int:
 
 
 def _run_merge(args: argparse.Namespace) -> int:
-    from .merge_stores import merge
-    from .report import summary
+    from .conversion.merge import merge
+    from .store.info import summary
 
     manifest = merge(args.out, args.stores, progress=not args.quiet)
     print(summary(args.out, manifest))
@@ -133,7 +133,7 @@ def _run_merge(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo.run import run_demo
 
     run_demo(args.workdir, samples=args.samples, epochs=args.epochs, memory_budget=args.memory_budget)
     return 0

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch.utils.data
 
-from .conversion import ConvertOptions, convert
+from .conversion.api import ConvertOptions, convert
 from .errors import OptionsError, StoreError, StoreLockedError
 from .format.manifest import FORMAT_VERSION, MANIFEST, Manifest
 
@@ -184,7 +184,7 @@ class _StoreBackedDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
     def __init__(self, hf_dataset: Any, caption_column: str, options: dict[str, Any],
                  cache_dir: str | os.PathLike[str] | None, keep_placeholders: bool,
                  memory_budget: int | float | str) -> None:
-        from .dataset import TensorStoreDataset
+        from .serve.dataset import TensorStoreDataset
 
         start = time.perf_counter()
         self.store_path, self.converted_now = prepare_store(

@@ -187,7 +187,7 @@ class BudgetError(TensorStoreDSError, MemoryError):
         super().__init__(needed, budget)
 
     def _message(self, needed: int, budget: int) -> str:  # type: ignore[override]
-        from .budget import format_bytes
+        from .units import format_bytes
 
         return (
             f"store needs {format_bytes(needed)}, budget is {format_bytes(budget)}; "
@@ -202,7 +202,7 @@ class SharedMemoryError(TensorStoreDSError, OSError):
         super().__init__(where, needed, free)
 
     def _message(self, where: str, needed: int, free: int) -> str:  # type: ignore[override]
-        from .budget import format_bytes
+        from .units import format_bytes
 
         return (
             f"RAM mode needs {format_bytes(needed)} of shared memory, {where} has {format_bytes(free)} free; "

@@ -32,8 +32,8 @@ import pyarrow.parquet as pq
 import soundfile as sf
 from PIL import Image
 
-from tensorstore_ds.decode.audio import AudioOptions, decode_audio
-from tensorstore_ds.decode.image import ImageOptions, decode_image
+from tensorstore_ds.conversion.decode.audio import AudioOptions, decode_audio
+from tensorstore_ds.conversion.decode.image import ImageOptions, decode_image
 from tensorstore_ds.errors import DecodeError, TensorStoreDSError
 from tests.httpserver import Response, TestServer
 from tests.media import image_bytes, pixels, sine
@@ -311,7 +311,7 @@ def write_parquet(path: Path, columns: dict[str, Any]) -> str:
 
 def run_corpus(name: str, cases: list[Case], source: Any, out: Path, **options: Any) -> CorpusResult:
     """Convert ``source`` (whose rows are ``cases``) into ``out`` and check every row."""
-    from tensorstore_ds.conversion import convert
+    from tensorstore_ds.conversion.api import convert
 
     result = CorpusResult(name, rows=len(cases), hostile=sum(c.hostile for c in cases))
     try:

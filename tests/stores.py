@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tensorstore_ds.conversion import convert
-from tensorstore_ds.store import Store
+from tensorstore_ds.conversion.api import convert
+from tensorstore_ds.store.store import Store
 
 SIZE = 16
 CHUNK_ROWS = 4

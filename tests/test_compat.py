@@ -29,13 +29,13 @@ from tensorstore_ds.compat import (
     collate_in_memory_audio,
     collate_in_memory_images,
 )
-from tensorstore_ds import ring
+from tensorstore_ds.serve import ring
 from tensorstore_ds.errors import OptionsError, StoreLockedError
 from tests.httpserver import TestServer
 from tests.media import audio_bytes, audio_struct, isolate_hf_cache, write_image
 
 # The conversion module, to patch its internals.
-convert_module = importlib.import_module("tensorstore_ds.conversion")
+convert_module = importlib.import_module("tensorstore_ds.conversion.api")
 
 ROOT = Path(__file__).resolve().parents[1]
 EMPTY = inspect.Parameter.empty
@@ -243,7 +243,7 @@ def test_cache_hit_in_another_process(pixmo: datasets.Dataset, tmp_path: Path) -
     pixmo.save_to_disk(tmp_path / "saved")
     first = InMemoryImageTextDataset(datasets.load_from_disk(tmp_path / "saved"), image_size=SMALL, num_workers=0)
     code = (
-        "import sys, datasets, tensorstore_ds.conversion as c\n"
+        "import sys, datasets, tensorstore_ds.conversion.api as c\n"
         "c.decode_sample = c._run = None  # any conversion would fail\n"
         "from tensorstore_ds.compat import InMemoryImageTextDataset\n"
         f"ds = InMemoryImageTextDataset(datasets.load_from_disk(sys.argv[1]), image_size={SMALL})\n"

@@ -24,10 +24,10 @@ import soundfile as sf
 import zarr
 
 from tensorstore_ds.cli import main
-from tensorstore_ds.conversion import convert
-from tensorstore_ds.decode import decode_sample
-from tensorstore_ds.decode.audio import AudioOptions, decode_audio
-from tensorstore_ds.decode.image import ImageOptions, decode_image
+from tensorstore_ds.conversion.api import convert
+from tensorstore_ds.conversion.decode import decode_sample
+from tensorstore_ds.conversion.decode.audio import AudioOptions, decode_audio
+from tensorstore_ds.conversion.decode.image import ImageOptions, decode_image
 from tensorstore_ds.errors import (
     ColumnNotFoundError,
     OptionsError,
@@ -37,11 +37,11 @@ from tensorstore_ds.errors import (
     StoreIncompleteError,
     StoreLockedError,
 )
-from tensorstore_ds.fetch import Fetcher, FetchOptions
+from tensorstore_ds.conversion.fetch import Fetcher, FetchOptions
 from tensorstore_ds.format.manifest import WORK_DIR
-from tensorstore_ds.pipeline import Pipeline, Task
-from tensorstore_ds.store import open_store
-from tensorstore_ds.writer import Column, Plan, StoreWriter
+from tensorstore_ds.conversion.pipeline import Pipeline, Task
+from tensorstore_ds.store.store import open_store
+from tensorstore_ds.conversion.writer import Column, Plan, StoreWriter
 from tests.httpserver import Response, TestServer
 from tests.media import audio_bytes, audio_struct, image_bytes, isolate_hf_cache, write_audio, write_image
 from tests.stores import store_bytes

@@ -37,12 +37,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tensorstore_ds.conversion import convert
+from tensorstore_ds.conversion.api import convert
 from tensorstore_ds import TensorStoreDataset, open_store, verify
 from tensorstore_ds.cli import main
 from tensorstore_ds.errors import StoreIncompleteError, StoreLockedError, StoreWriteError
 from tensorstore_ds.format.manifest import MANIFEST, WORK_DIR
-from tensorstore_ds.readers.shm import PREFIX
+from tensorstore_ds.serve.shm import PREFIX
 from tests.httpserver import Response, TestServer
 from tests.media import image_bytes, isolate_hf_cache, write_image
 from tests.stores import store_bytes
@@ -96,7 +96,7 @@ ZYGOTE = r"""
 import json, os, sys
 import datasets, pyarrow.parquet, PIL.Image, tqdm  # noqa: F401 - imported once, before any fork
 from tensorstore_ds.cli import main
-import tensorstore_ds.conversion  # noqa: F401
+import tensorstore_ds.conversion.api  # noqa: F401
 print("ready", flush=True)
 for line in sys.stdin:
     args = json.loads(line)
@@ -349,9 +349,9 @@ class _Limited:
 
 def on_disk(monkeypatch: pytest.MonkeyPatch, disk: Disk) -> None:
     import tensorstore_ds.format.layout
-    import tensorstore_ds.writer
+    import tensorstore_ds.conversion.writer
 
-    for module in (tensorstore_ds.format.layout, tensorstore_ds.writer):
+    for module in (tensorstore_ds.format.layout, tensorstore_ds.conversion.writer):
         monkeypatch.setattr(module, "open", disk.open, raising=False)
 
 

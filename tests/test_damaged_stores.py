@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tensorstore_ds.conversion import convert
+from tensorstore_ds.conversion.api import convert
 from tensorstore_ds import open_store, verify
 from tensorstore_ds.errors import (
     StoreError,

@@ -21,9 +21,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import tensorstore_ds
-import tensorstore_ds.budget
+import tensorstore_ds.serve.budget
 from tensorstore_ds import ChunkShuffleSampler, TensorStoreDataset, collate, open_store
-from tensorstore_ds.budget import format_bytes
+from tensorstore_ds.units import format_bytes
 from tensorstore_ds.errors import (
     BudgetError,
     OptionsError,
@@ -31,8 +31,8 @@ from tensorstore_ds.errors import (
     StoreIncompleteError,
     StoreNotFoundError,
 )
-from tensorstore_ds.readers.chunked import ChunkedArray
-from tensorstore_ds.readers.shm import PREFIX, RamArray
+from tensorstore_ds.store.chunked import ChunkedArray
+from tensorstore_ds.serve.shm import PREFIX, RamArray
 
 IMAGES, BAD_ROW, SIZE, CHUNK_ROWS = 50, 7, 16, 8
 CLIPS, RATE, SECONDS, AUDIO_CHUNK_ROWS = 20, 8000, 0.25, 4
@@ -387,7 +387,7 @@ def test_ram_mode_over_budget_fails_before_loading(stores: Stores, tmp_path: Pat
     (0.25, 10**9), (1.0, 4 * 10**9), ("auto", 2 * 10**9), (3e9, 3 * 10**9),
 ])
 def test_memory_budget_forms(stores: Stores, monkeypatch: pytest.MonkeyPatch, budget: Any, expected: int) -> None:
-    monkeypatch.setattr(tensorstore_ds.budget, "available_memory", lambda: 4 * 10**9)
+    monkeypatch.setattr(tensorstore_ds.serve.budget, "available_memory", lambda: 4 * 10**9)
     ds = TensorStoreDataset(stores.image, memory_budget=budget, progress=False)
     assert ds.budget == expected and ds.mode == "ram"
 
@@ -544,10 +544,10 @@ def test_buffers_of_a_killed_process_are_reaped(tmp_path: Path, monkeypatch: pyt
     import subprocess
     import sys
 
-    from tensorstore_ds.readers.shm import PREFIX, SharedBuffer
+    from tensorstore_ds.serve.shm import PREFIX, SharedBuffer
 
     monkeypatch.setenv("TENSORSTORE_DS_SHM_DIR", str(tmp_path))
-    code = ("import os, signal; from tensorstore_ds.readers.shm import SharedBuffer; "
+    code = ("import os, signal; from tensorstore_ds.serve.shm import SharedBuffer; "
             "b = SharedBuffer.create(4096); print(b.path, flush=True); os.kill(os.getpid(), signal.SIGKILL)")
     killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
     orphan = Path(killed.stdout.strip())

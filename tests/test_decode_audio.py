@@ -1,4 +1,4 @@
-"""Tests of tensorstore_ds.decode.audio: formats, rates, downmix, clips, failures."""
+"""Tests of tensorstore_ds.conversion.decode.audio: formats, rates, downmix, clips, failures."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tensorstore_ds.decode.audio import RESAMPLERS, AudioOptions, decode_audio, resample
+from tensorstore_ds.conversion.decode.audio import RESAMPLERS, AudioOptions, decode_audio, resample
 from tensorstore_ds.errors import DecodeError
 
 ONE_SECOND = AudioOptions(sample_rate=16000, seconds=1.0)

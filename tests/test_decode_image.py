@@ -1,4 +1,4 @@
-"""Tests of tensorstore_ds.decode.image: modes, orientation, resize rules, failures, draft."""
+"""Tests of tensorstore_ds.conversion.decode.image: modes, orientation, resize rules, failures, draft."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter, ImageOps, JpegImagePlugin, features
 
-from tensorstore_ds.decode.image import RESIZE_MODES, ImageOptions, decode_image
+from tensorstore_ds.conversion.decode.image import RESIZE_MODES, ImageOptions, decode_image
 from tensorstore_ds.errors import DecodeError
 
 SMALL = ImageOptions(size=32)

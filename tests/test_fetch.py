@@ -1,4 +1,4 @@
-"""tensorstore_ds.fetch against a real loopback HTTP server."""
+"""tensorstore_ds.conversion.fetch against a real loopback HTTP server."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import urllib3
 
 from tensorstore_ds.errors import FetchError
-from tensorstore_ds.fetch import DEFAULT_USER_AGENT, FetchOptions, Fetcher
+from tensorstore_ds.conversion.fetch import DEFAULT_USER_AGENT, FetchOptions, Fetcher
 from tests.httpserver import Request, Response, TestServer
 
 PAYLOAD = os.urandom(100_000)

@@ -15,9 +15,9 @@ from tensorstore_ds.format import text as text_format
 from tensorstore_ds.format.layout import ArraySpec, chunk_rows_for, write_json_atomic
 from tensorstore_ds.format.manifest import FORMAT_VERSION, MANIFEST, WORK_DIR, Manifest, check_name
 from tensorstore_ds.format.text import TextColumn, TextColumnWriter, encode_value
-from tensorstore_ds.readers.chunked import ChunkedArray
-from tensorstore_ds.store import open_store
-from tensorstore_ds.writer import Column, Plan, StoreWriter
+from tensorstore_ds.store.chunked import ChunkedArray
+from tensorstore_ds.store.store import open_store
+from tensorstore_ds.conversion.writer import Column, Plan, StoreWriter
 
 ROW = (4, 4, 3)
 CAPTIONS = ["one", "two", "three", "four", "five"]

@@ -25,9 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tensorstore_ds.columns import ColumnPlan, captions_of, clip_of, kept_of, media_of
-from tensorstore_ds.decode.audio import AudioOptions, decode_audio
-from tensorstore_ds.decode.image import ImageOptions, decode_image
+from tensorstore_ds.conversion.columns import ColumnPlan, captions_of, clip_of, kept_of, media_of
+from tensorstore_ds.conversion.decode.audio import AudioOptions, decode_audio
+from tensorstore_ds.conversion.decode.image import ImageOptions, decode_image
 from tensorstore_ds.errors import DecodeError, SampleError, StoreFormatError, StoreIncompleteError, TensorStoreDSError
 from tensorstore_ds.format.layout import DTYPES, ArraySpec
 from tensorstore_ds.format.text import encode_value

@@ -17,10 +17,10 @@ from torch.utils.data import DataLoader
 
 from tensorstore_ds import ChunkShuffleSampler, MultiStoreDataset, TensorStoreDataset, collate, open_store, verify
 from tensorstore_ds.cli import main
-from tensorstore_ds.conversion import convert
+from tensorstore_ds.conversion.api import convert
 from tensorstore_ds.errors import OptionsError, OptionsMismatchError, StoreError, StoresMismatchError
-from tensorstore_ds.merge_stores import merge
-from tensorstore_ds.writer import StoreWriter
+from tensorstore_ds.conversion.merge import merge
+from tensorstore_ds.conversion.writer import StoreWriter
 from tests.httpserver import TestServer
 from tests.media import write_image
 from tests.stores import (

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-import tensorstore_ds.transfer
+import tensorstore_ds.store.transfer
 from tensorstore_ds import open_store, verify
 from tensorstore_ds.cli import main
 from tensorstore_ds.errors import StoreError, StoreFormatError
-from tensorstore_ds.pull_store import PULL_DIR, pull
+from tensorstore_ds.store.pull import PULL_DIR, pull
 from tests.httpserver import Request, Response, TestServer, static_response
 from tests.stores import CHUNK_BYTES, assert_same_values, build_image_store, chunk_file, copy_tree, snapshot, tree_bytes
 
@@ -26,7 +26,7 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tensorstore_ds.transfer, "BACKOFF", 0.01)
+    monkeypatch.setattr(tensorstore_ds.store.transfer, "BACKOFF", 0.01)
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def dropping(root: Path, prefix: str, plan: dict[str, Any]) -> Any:
 
 def test_interrupted_pull_resumes(local: Path, tmp_path: Path, http_server: TestServer,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tensorstore_ds.transfer, "BLOCK", 1024)  # three requests per image chunk
+    monkeypatch.setattr(tensorstore_ds.store.transfer, "BLOCK", 1024)  # three requests per image chunk
     plan: dict[str, Any] = {"seen": 0, "drop": range(2, 10), "ranges": []}
     http_server.route("/store/", dropping(local, "/store/", plan), prefix=True)
     url, dest = http_server.url_for("/store"), tmp_path / "copy"

@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader
 from tensorstore_ds import ChunkShuffleSampler, TensorStoreDataset, collate, open_store
 from tensorstore_ds.cli import main
 from tensorstore_ds.errors import StoreError, StoreFormatError, StoreNotFoundError
-from tensorstore_ds.readers.chunked import LocalFiles
-from tensorstore_ds.remote import RemoteFiles, default_cache_dir
+from tensorstore_ds.store.chunked import LocalFiles
+from tensorstore_ds.store.remote import RemoteFiles, default_cache_dir
 from tests.httpserver import Response, TestServer, static_response
 from tests.stores import (
     BAD_ROW,
@@ -313,9 +313,9 @@ def test_manifest_problems_name_the_url(damaged: tuple[Path, str], http_server: 
 
 def test_a_dropped_connection_is_retried(local: Path, values: dict[str, Any], http_server: TestServer,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import tensorstore_ds.transfer
+    import tensorstore_ds.store.transfer
 
-    monkeypatch.setattr(tensorstore_ds.transfer, "BACKOFF", 0.01)
+    monkeypatch.setattr(tensorstore_ds.store.transfer, "BACKOFF", 0.01)
     drops = {"n": 0}
 
     def handler(request: Any) -> Response:
@@ -356,9 +356,9 @@ def plain_http(local: Path) -> Iterator[str]:
 
 def test_a_server_without_range_requests(plain_http: str, values: dict[str, Any], tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import tensorstore_ds.transfer
+    import tensorstore_ds.store.transfer
 
-    monkeypatch.setattr(tensorstore_ds.transfer, "BLOCK", 1000)  # a chunk would take several ranged requests
+    monkeypatch.setattr(tensorstore_ds.store.transfer, "BLOCK", 1000)  # a chunk would take several ranged requests
     assert_same_values(snapshot(open_store(plain_http, cache_dir=tmp_path / "cache")), values)
 
 

@@ -10,7 +10,7 @@ import pytest
 from tensorstore_ds import convert, open_store, verify
 from tensorstore_ds.cli import main
 from tensorstore_ds.errors import OptionsError, StoreError
-from tensorstore_ds.shards import commit, shard_dir, shard_ranges
+from tensorstore_ds.conversion.shards import commit, shard_dir, shard_ranges
 
 from .media import isolate_hf_cache, write_image
 from .stores import store_bytes

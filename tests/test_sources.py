@@ -12,12 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tensorstore_ds.conversion import convert
-from tensorstore_ds.decode.audio import AudioOptions, decode_audio
-from tensorstore_ds.decode.image import ImageOptions, decode_image
+from tensorstore_ds.conversion.api import convert
+from tensorstore_ds.conversion.decode.audio import AudioOptions, decode_audio
+from tensorstore_ds.conversion.decode.image import ImageOptions, decode_image
 from tensorstore_ds.errors import OptionsError, SourceError
-from tensorstore_ds.sources import open_source
-from tensorstore_ds.store import open_store
+from tensorstore_ds.conversion.sources import open_source
+from tensorstore_ds.store.store import open_store
 from tests.media import audio_bytes, image_bytes, isolate_hf_cache, pixels, write_audio, write_image
 
 SIZE = 16

@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchlib import median_rate  # noqa: E402
 from tensorstore_ds import ChunkShuffleSampler, TensorStoreDataset, collate  # noqa: E402
-from tensorstore_ds.budget import format_bytes  # noqa: E402
-from tensorstore_ds.memory import rss_bytes, tree_pss_bytes  # noqa: E402
+from tensorstore_ds.units import format_bytes
+from tensorstore_ds.demo.memory import rss_bytes, tree_pss_bytes  # noqa: E402
 
 SIZE = 224
 
@@ -44,7 +44,7 @@ SIZE = 224
 def build_store(path: Path, n: int, seed: int = 0) -> None:
     """A store of ``n`` random images written by the real writer (skipped if present)."""
     from tensorstore_ds.format.layout import chunk_rows_for
-    from tensorstore_ds.writer import Column, Plan, StoreWriter
+    from tensorstore_ds.conversion.writer import Column, Plan, StoreWriter
 
     if (path / "manifest.json").exists():
         return

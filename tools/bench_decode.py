@@ -5,11 +5,11 @@ Run ``python tools/bench_decode.py`` (``--help`` for the flags). It prints:
 1. Images: synthetic JPEG photos (gradients plus blurred noise, quality 90) at
    several sizes, decoded to 224x224 by the seed's per-image path
    (``Image.open(path).convert("RGB").resize((224, 224), LANCZOS)``) and by
-   :func:`tensorstore_ds.decode.image.decode_image`; images per CPU second,
+   :func:`tensorstore_ds.conversion.decode.image.decode_image`; images per CPU second,
    the ratio ours/seed, and the mean absolute pixel difference between our
    draft (DCT-scaled) and full decodes.
 2. Audio: a stereo 44.1 kHz FLAC clip converted to 16 kHz mono by
-   :func:`tensorstore_ds.decode.audio.decode_audio` with each resampler;
+   :func:`tensorstore_ds.conversion.decode.audio.decode_audio` with each resampler;
    seconds of audio per CPU second and the ratio soxr/resampy. resampy
    compiles its kernel with numba on first use, so it is warmed up first.
 
@@ -37,8 +37,8 @@ from PIL import Image, ImageFilter  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tensorstore_ds.decode.audio import RESAMPLERS, AudioOptions, decode_audio  # noqa: E402
-from tensorstore_ds.decode.image import RESIZE_MODES, ImageOptions, decode_image  # noqa: E402
+from tensorstore_ds.conversion.decode.audio import RESAMPLERS, AudioOptions, decode_audio  # noqa: E402
+from tensorstore_ds.conversion.decode.image import RESIZE_MODES, ImageOptions, decode_image  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

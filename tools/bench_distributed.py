@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchlib import median_rate  # noqa: E402
 from tensorstore_ds import convert  # noqa: E402
-from tensorstore_ds.samples import make_image_folder  # noqa: E402
+from tensorstore_ds.demo.samples import make_image_folder  # noqa: E402
 
 SIZES = ((640, 480), (1024, 768), (2048, 1536), (4000, 3000))
 

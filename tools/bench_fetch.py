@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tensorstore_ds.fetch import Fetcher  # noqa: E402
+from tensorstore_ds.conversion.fetch import Fetcher  # noqa: E402
 from tests.httpserver import Response, TestServer  # noqa: E402
 
 

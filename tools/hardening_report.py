@@ -80,8 +80,8 @@ def corpora(work: Path) -> Tally:
 
 def fuzz(examples: int, seed: int) -> list[Tally]:
     """The fuzz targets of tests/test_fuzz.py, on the report's own seeded mutations, counting every outcome."""
-    from tensorstore_ds.decode.audio import AudioOptions, decode_audio
-    from tensorstore_ds.decode.image import ImageOptions, decode_image
+    from tensorstore_ds.conversion.decode.audio import AudioOptions, decode_audio
+    from tensorstore_ds.conversion.decode.image import ImageOptions, decode_image
     from tensorstore_ds.errors import DecodeError, StoreFormatError
     from tensorstore_ds.format.manifest import MANIFEST, Manifest
     from tests.hostile import (AUDIO_REASONS, IMAGE_REASONS, audio_contract, audio_seeds, bounded_seconds,
@@ -212,7 +212,7 @@ def kills(work: Path, count: int, seed: int) -> Tally:
 def disk_full(work: Path) -> Tally:
     import pytest
 
-    from tensorstore_ds.conversion import convert
+    from tensorstore_ds.conversion.api import convert
     from tensorstore_ds.errors import StoreWriteError
     from tests.test_crashes import FAST, Disk, differences, every_row_once, image_source, on_disk
 
@@ -246,7 +246,7 @@ def disk_full(work: Path) -> Tally:
 
 
 def worker_kills(work: Path) -> Tally:
-    from tensorstore_ds.conversion import convert
+    from tensorstore_ds.conversion.api import convert
     from tests.test_crashes import FAST, KILLED, image_source, kill_a_dataloader_worker
     import re
 

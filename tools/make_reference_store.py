@@ -38,7 +38,7 @@ DEFAULT_OUT = ROOT / "tests" / "data" / "reference_store"
 MAX_BYTES = 100_000
 SIZE, CHUNK_ROWS, BAD_ROW = 8, 4, 4
 # Module constants of the writer that set the chunk sizes of small arrays and text.
-SMALL_CHUNKS = {"tensorstore_ds.writer": {"SMALL_CHUNK_ROWS": 4},
+SMALL_CHUNKS = {"tensorstore_ds.conversion.writer": {"SMALL_CHUNK_ROWS": 4},
                 "tensorstore_ds.format.text": {"BYTES_CHUNK": 64, "OFFSETS_CHUNK": 4}}
 CAPTIONS = [
     ["a red square", "un carré rouge"],

@@ -62,7 +62,7 @@ def serve(root: Path, port: int) -> ThreadingHTTPServer:
 
 def local_pixmo_cap(workdir: Path, count: int, port: int) -> datasets.Dataset:
     """A pixmo-cap-style dataset: ``image_url`` (http URLs, the last one missing), ``caption``."""
-    from tensorstore_ds.samples import make_image_folder
+    from tensorstore_ds.demo.samples import make_image_folder
 
     folder = workdir / "pixmo-images"
     if not (folder / "metadata.jsonl").is_file() or len(list(folder.glob("*.jpg"))) != count:

@@ -82,7 +82,7 @@ def make_loader(store: Path, batch_size: int, workers: int) -> DataLoader:
 
 def sample_store(workdir: Path, count: int) -> Path:
     """Make ``count`` sample photos with captions and convert them (once) into a store."""
-    from tensorstore_ds.samples import make_image_folder
+    from tensorstore_ds.demo.samples import make_image_folder
 
     folder, store = workdir / f"images-{count}", workdir / f"store-{count}"
     if not (folder / "metadata.jsonl").is_file():

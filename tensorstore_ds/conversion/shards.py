@@ -27,8 +27,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .errors import OptionsError, StoreError
-from .format.manifest import MANIFEST, SHARDS_DIR, Manifest
+from ..errors import OptionsError, StoreError
+from ..format.manifest import MANIFEST, SHARDS_DIR, Manifest
 
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 _DIR = re.compile(r"^(\d{5})-of-(\d{5})$")
@@ -67,7 +67,7 @@ def commit(out: str | os.PathLike[str], progress: bool = True) -> Manifest:
     StoreError
         Shards are missing or unfinished; it names them.
     """
-    from .merge_stores import merge
+    from .merge import merge
 
     root = Path(out)
     if (root / MANIFEST).exists():
@@ -131,6 +131,6 @@ def convert_on_dask(source: Any, out: str | os.PathLike[str], client: Any = None
 
 
 def _shard_task(source: Any, out: str, shard: tuple[int, int], options: dict[str, Any]) -> int:
-    from .conversion import convert
+    from .api import convert
 
     return convert(source, out, shard=f"{shard[0]}/{shard[1]}", **options).num_samples

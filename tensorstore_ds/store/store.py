@@ -2,7 +2,7 @@
 
 A store is a local directory or, for any fsspec URL (``https://``, ``s3://``,
 ``gs://``...), a local cache of one that fetches files as they are needed
-(see :mod:`tensorstore_ds.remote`). ``file://`` URLs and paths are local.
+(see :mod:`tensorstore_ds.store.remote`). ``file://`` URLs and paths are local.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import StoreFormatError
-from .format.layout import ArraySpec, irregular_file
-from .format.manifest import FAILURES, Manifest
-from .format.text import TextColumn
-from .readers.chunked import ChunkedArray, LocalFiles, StoreFiles
+from ..errors import StoreFormatError
+from ..format.layout import ArraySpec, irregular_file
+from ..format.manifest import FAILURES, Manifest
+from ..format.text import TextColumn
+from .chunked import ChunkedArray, LocalFiles, StoreFiles
 
 MEDIA_FIELDS = {"image": "images", "audio": "audio"}
 MAX_ARRAY_METADATA = 2**20

@@ -14,10 +14,10 @@ from .columns import ColumnPlan, captions_of, cast_media_features, clip_of, kept
 from .decode import decode_sample
 from .decode.audio import RESAMPLERS, AudioOptions
 from .decode.image import RESIZE_MODES, ImageOptions
-from .errors import OptionsError, SampleError, SampleFailedError
+from ..errors import OptionsError, SampleError, SampleFailedError
 from .fetch import Fetcher, FetchOptions
-from .format.layout import chunk_rows_for
-from .format.manifest import Manifest
+from ..format.layout import chunk_rows_for
+from ..format.manifest import Manifest
 from .pipeline import Pipeline, Task
 from .sources import Source, open_source
 from .writer import Column, Plan, StoreWriter
@@ -135,7 +135,7 @@ def convert(source: Any, out: str | os.PathLike[str], client: Any = None, **opti
         cluster (the same as ``engine="dask"`` with its scheduler).
     **options
         See :class:`ConvertOptions`. ``shard="K/N"`` converts only shard K of N
-        (then :func:`~tensorstore_ds.shards.commit` assembles the store);
+        (then :func:`~tensorstore_ds.conversion.shards.commit` assembles the store);
         ``engine="dask"`` runs every shard on a Dask cluster and commits.
 
     Returns

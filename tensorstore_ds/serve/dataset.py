@@ -10,12 +10,13 @@ import numpy as np
 import torch.utils.data
 
 from .batch import Batch, item_of
-from .budget import format_bytes, resolve_budget
-from .errors import BudgetError, OptionsError
-from .readers.chunked import ChunkedArray
-from .readers.shm import RamArray, SharedBuffer
+from ..units import format_bytes
+from .budget import resolve_budget
+from ..errors import BudgetError, OptionsError
+from ..store.chunked import ChunkedArray
+from .shm import RamArray, SharedBuffer
 from .ring import carve, layout_bytes, process_ring
-from .store import MEDIA_FIELDS, Store, open_store
+from ..store.store import MEDIA_FIELDS, Store, open_store
 
 log = logging.getLogger("tensorstore_ds")
 MODES = ("auto", "ram", "paged")
@@ -31,7 +32,7 @@ class TensorStoreDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
         ``s3://...``: files are downloaded into a local cache as they are
         needed, see :func:`~tensorstore_ds.open_store`), an opened
         :class:`~tensorstore_ds.Store`, or a list of any of these, served as
-        one dataset (a :class:`~tensorstore_ds.multi.MultiStoreDataset`).
+        one dataset (a :class:`~tensorstore_ds.serve.multi.MultiStoreDataset`).
     fields
         What to serve: ``"image"`` or ``"audio"``, ``"caption"``, and any of
         ``"captions"``, kept columns, ``"image_size"``, ``"audio_length"``
@@ -206,7 +207,7 @@ class _SharedText:
     """A text column whose bytes and offsets live in shared buffers."""
 
     def __init__(self, data: RamArray, offsets: RamArray, encoding: str, where: str) -> None:
-        from .format.text import TextColumn
+        from ..format.text import TextColumn
 
         self.data, self.offsets, self.encoding, self.where = data, offsets, encoding, where
         self.column = TextColumn(data.data, offsets.data, encoding, where)

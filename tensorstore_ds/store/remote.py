@@ -24,11 +24,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, Iterable
 
-from .budget import parse_size
-from .errors import StoreError, StoreFormatError
-from .format.layout import ArraySpec, write_bytes_atomic
-from .format.manifest import MANIFEST, Manifest
-from .readers.chunked import fadvise_willneed
+from ..options import parse_size
+from ..errors import StoreError, StoreFormatError
+from ..format.layout import ArraySpec, write_bytes_atomic
+from ..format.manifest import MANIFEST, Manifest
+from .chunked import fadvise_willneed
 from .transfer import Remote, download
 
 PREFETCH_THREADS = 4

@@ -54,7 +54,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from ..errors import DecodeError
+from ...errors import DecodeError
 
 RESAMPLERS = ("soxr", "resampy")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ColumnNotFoundError, OptionsError, SampleError
+from ..errors import ColumnNotFoundError, OptionsError, SampleError
 from .sources import Source
 
 IMAGE_NAMES = ("image", "image_url", "img", "url", "jpg", "png")

@@ -5,7 +5,7 @@ http(s) needs ``aiohttp``. A file is read in ranged blocks (one request per
 :data:`BLOCK` bytes), written to a partial file and hashed as it arrives; a
 dropped connection or a timeout is retried from the last block that arrived,
 and only a file whose size and SHA-256 match the manifest is renamed into
-place. Used by :mod:`tensorstore_ds.remote` (the cache of a remote store) and
+place. Used by :mod:`tensorstore_ds.store.remote` (the cache of a remote store) and
 :mod:`tensorstore_ds.pull`.
 """
 
@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
-from .errors import StoreError, StoreFormatError, StoreNotFoundError
-from .format.manifest import _MAX_MANIFEST_BYTES, MANIFEST, Manifest
+from ..errors import StoreError, StoreFormatError, StoreNotFoundError
+from ..format.manifest import _MAX_MANIFEST_BYTES, MANIFEST, Manifest
 
 BLOCK = 16 * 2**20
 BACKOFF = 0.5
@@ -193,7 +193,7 @@ def _resume_point(partial: Path, size: int, digest: Any, progress: Any) -> int:
         return 0
     if have > size:
         return 0
-    from .checksums import BLOCK as HASH_BLOCK
+    from ..format.hashing import BLOCK as HASH_BLOCK
 
     with open(partial, "rb", buffering=0) as f:
         while data := f.read(HASH_BLOCK):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .budget import format_bytes
-from .format.manifest import Manifest
+from ..units import format_bytes
+from ..format.manifest import Manifest
 from .store import open_store
 
 

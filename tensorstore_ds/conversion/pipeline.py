@@ -24,7 +24,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
-from .errors import DecoderStartError, SampleError
+from ..errors import DecoderStartError, SampleError
 from .fetch import Fetcher
 
 

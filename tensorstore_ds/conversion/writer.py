@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from .checksums import checksum_files, store_files
-from .errors import OptionsMismatchError, StoreError, StoreLockedError, StoreWriteError
-from .format.layout import TEMP_FILE, ArraySpec, write_array, write_array_metadata, write_chunk, write_group_metadata, write_json_atomic
-from .format.manifest import FAILURES, FORMAT_VERSION, MANIFEST, RESERVED_DIRS, WORK_DIR, Manifest
-from .format.text import TextColumnWriter, text_specs
+from ..format.hashing import checksum_files, store_files
+from ..errors import OptionsMismatchError, StoreError, StoreLockedError, StoreWriteError
+from ..format.layout import TEMP_FILE, ArraySpec, write_array, write_array_metadata, write_chunk, write_group_metadata, write_json_atomic
+from ..format.manifest import FAILURES, FORMAT_VERSION, MANIFEST, RESERVED_DIRS, WORK_DIR, Manifest
+from ..format.text import TextColumnWriter, text_specs
 
 SMALL_CHUNK_ROWS = 2**20
 

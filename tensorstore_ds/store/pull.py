@@ -18,10 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from .checksums import hash_file
-from .errors import StoreError, StoreFormatError
-from .format.layout import write_bytes_atomic
-from .format.manifest import MANIFEST, Manifest
+from ..format.hashing import hash_file
+from ..errors import StoreError, StoreFormatError
+from ..format.layout import write_bytes_atomic
+from ..format.manifest import MANIFEST, Manifest
 from .transfer import RETRIES, Remote, download
 
 PULL_DIR = ".pull"

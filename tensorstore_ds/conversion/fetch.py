@@ -27,8 +27,8 @@ from typing import Any, NoReturn
 import urllib3
 from urllib3 import exceptions as u3
 
-from ._version import __version__
-from .errors import FetchError
+from .._version import __version__
+from ..errors import FetchError
 
 __all__ = ["DEFAULT_USER_AGENT", "FetchOptions", "Fetcher"]
 

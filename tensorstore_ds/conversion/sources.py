@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from .errors import SourceError
+from ..errors import SourceError
 
 FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")

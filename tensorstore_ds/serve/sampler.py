@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
-from .errors import OptionsError
+from ..errors import OptionsError
 
 
 def _dist_rank_world() -> tuple[int, int]:

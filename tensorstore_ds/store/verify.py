@@ -1,61 +1,16 @@
-"""Checksums: every file of a store is recorded in its manifest, and ``verify`` re-reads them.
-
-SHA-256 runs at about disk speed on CPUs with SHA extensions, and files are
-hashed by several threads at once (hashlib releases the GIL on large updates).
-"""
+"""``verify``: re-read every file of a store and compare it with its manifest."""
 
 from __future__ import annotations
 
-import hashlib
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from .errors import StoreFormatError
-from .format.layout import irregular_file
-from .format.manifest import MANIFEST, RESERVED_DIRS, Manifest
-
-BLOCK = 4 * 2**20
-ALGORITHM = "sha256"
-
-
-def hash_file(path: Path, progress: Any = None) -> tuple[int, str]:
-    """Size and SHA-256 hex digest of one file."""
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb", buffering=0) as f:
-        buf = bytearray(BLOCK)
-        view = memoryview(buf)
-        while n := f.readinto(buf):
-            digest.update(view[:n])
-            size += n
-            if progress is not None:
-                progress.update(n)
-    return size, digest.hexdigest()
-
-
-def store_files(root: Path) -> list[str]:
-    """Store-relative paths of every regular file except the manifest and work files."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel = Path(dirpath).relative_to(root)
-        dirnames[:] = sorted(d for d in dirnames if not (rel == Path(".") and d in RESERVED_DIRS))
-        found.extend(str(rel / name) if str(rel) != "." else name for name in sorted(filenames))
-    return [f for f in found if f != MANIFEST and not Path(f).name.startswith(f".{MANIFEST}")]
-
-
-def checksum_files(root: Path, names: Iterable[str], threads: int = 4, progress: bool = False,
-                   desc: str = "checksums") -> dict[str, dict[str, Any]]:
-    """``{name: {"size", "sha256"}}`` for the given store-relative files."""
-    from tqdm.auto import tqdm
-
-    names = list(names)
-    total = sum((root / n).stat().st_size for n in names)
-    with tqdm(total=total, unit="B", unit_scale=True, disable=not progress, desc=desc) as bar, \
-            ThreadPoolExecutor(threads) as pool:
-        results = list(pool.map(lambda n: hash_file(root / n, bar), names))
-    return {n: {"size": size, ALGORITHM: digest} for n, (size, digest) in zip(names, results)}
+from ..errors import StoreFormatError
+from ..format.hashing import ALGORITHM, checksum_files, store_files
+from ..format.layout import irregular_file
+from ..format.manifest import MANIFEST, RESERVED_DIRS, Manifest
 
 
 @dataclass

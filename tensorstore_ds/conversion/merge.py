@@ -25,10 +25,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .errors import OptionsError, StoreFormatError, StoresMismatchError
-from .format.manifest import Manifest
-from .readers.chunked import ChunkedArray
-from .store import Store, open_store
+from ..errors import OptionsError, StoreFormatError, StoresMismatchError
+from ..format.manifest import Manifest
+from ..store.chunked import ChunkedArray
+from ..store.store import Store, open_store
 from .writer import Column, Plan, StoreWriter
 
 MEDIA = ("images", "audio")

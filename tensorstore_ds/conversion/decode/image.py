@@ -70,7 +70,7 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
-from ..errors import DecodeError
+from ...errors import DecodeError
 
 RESIZE_MODES = ("squash", "center-crop", "pad")
 

@@ -15,10 +15,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .budget import format_bytes, resolve_budget
+from ..units import format_bytes
+from .budget import resolve_budget
 from .dataset import MODES, TensorStoreDataset, _decide, _select
-from .errors import OptionsError, StoresMismatchError
-from .store import Store, is_url, open_store
+from ..errors import OptionsError, StoresMismatchError
+from ..store.store import Store, is_url, open_store
 
 
 class MultiStoreDataset(TensorStoreDataset):

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .budget import format_bytes
+from ..units import format_bytes
 
 
 def default_workdir() -> Path:
@@ -24,7 +24,7 @@ def run_demo(workdir: str | os.PathLike[str] | None = None, samples: int = 1000,
     dict
         The figures printed: conversion and loading rates, memory, paths.
     """
-    from .conversion import convert
+    from ..conversion.api import convert
 
     root = Path(workdir) if workdir is not None else default_workdir()
     source, store = root / f"images-{samples}", root / f"store-{samples}"
@@ -50,7 +50,7 @@ def _train(store: Path, budget: Any, epochs: int, batch_size: int, num_workers: 
     import torch
     from torch.utils.data import DataLoader
 
-    from . import ChunkShuffleSampler, TensorStoreDataset, collate
+    from .. import ChunkShuffleSampler, TensorStoreDataset, collate
     from .memory import tree_pss_bytes
 
     ds = TensorStoreDataset(store, memory_budget=budget, progress=False)

@@ -1,39 +1,13 @@
-"""Memory budgets: parsing ``"8GiB"``-style sizes and reading available memory."""
+"""Memory budgets: how much memory a dataset may hold, and how much is available."""
 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
-from .errors import OptionsError
+from ..options import parse_size
 
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 AUTO_FRACTION = 0.5
-
-
-def format_bytes(n: float) -> str:
-    """``12.3 GiB``-style text for a byte count."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-def parse_size(value: int | float | str) -> int:
-    """Bytes from an int, or a string such as ``"8GiB"``, ``"500 MB"``, ``"1e9"``."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value < 0:
-            raise OptionsError(f"a size cannot be negative: {value}")
-        return int(value)
-    match = _SIZE.match(str(value))
-    unit = match.group(2).lower() if match else None
-    if not match or unit not in _UNITS:
-        raise OptionsError(f"cannot read {value!r} as a size; use bytes or e.g. '8GiB', '500MB'")
-    return int(float(match.group(1)) * _UNITS[unit])
 
 
 def available_memory() -> int:

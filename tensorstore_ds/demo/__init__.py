@@ -1,0 +1,1 @@
+"""The built-in sample dataset and the demo run (``tensorstore-ds demo``)."""

@@ -9,14 +9,14 @@ Nothing heavy is imported until a name is used.
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 
 _EXPORTS = {
     "Batch": ".serve.batch",
     "ChunkShuffleSampler": ".serve.sampler",
-    "ConvertOptions": ".conversion.api",
+    "ConvertOptions": ".conversion.options",
     "MultiStoreDataset": ".serve.multi",
     "Store": ".store.store",
     "TensorStoreDataset": ".serve.dataset",
@@ -30,7 +30,36 @@ _EXPORTS = {
     "VerifyReport": ".store.verify",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [
+    "Batch",
+    "ChunkShuffleSampler",
+    "ConvertOptions",
+    "MultiStoreDataset",
+    "Store",
+    "TensorStoreDataset",
+    "VerifyReport",
+    "__version__",
+    "collate",
+    "convert",
+    "errors",
+    "merge",
+    "open_store",
+    "pull",
+    "verify",
+]
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name loads on first use
+    from . import errors
+    from .conversion.api import convert
+    from .conversion.merge import merge
+    from .conversion.options import ConvertOptions
+    from .serve.batch import Batch, collate
+    from .serve.dataset import TensorStoreDataset
+    from .serve.multi import MultiStoreDataset
+    from .serve.sampler import ChunkShuffleSampler
+    from .store.pull import pull
+    from .store.store import Store, open_store
+    from .store.verify import VerifyReport, verify
 
 
 def __getattr__(name: str) -> Any:

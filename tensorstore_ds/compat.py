@@ -13,54 +13,31 @@ without fetching or decoding anything. Items are built lazily from the store.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch.utils.data
 
-from .conversion.api import ConvertOptions, convert
+from .conversion.api import convert
+from .conversion.options import ConvertOptions
 from .errors import OptionsError, StoreError, StoreLockedError
 from .format.manifest import FORMAT_VERSION, MANIFEST, Manifest
+from .options import CACHE_ENV, cache_root  # noqa: F401 (CACHE_ENV: the seed drop-in's documented setting)
 
 log = logging.getLogger("tensorstore_ds")
-CACHE_ENV = "TENSORSTORE_DS_CACHE"
 CACHE_VERSION = 1  # bump when this module changes how a cache key maps to content
 GREY = (128, 128, 128)
 LOCK_POLL_SECONDS = 1.0
 
 
 # --- the cache -----------------------------------------------------------------------
-
-
-def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The directory that cached stores live in.
-
-    Parameters
-    ----------
-    cache_dir
-        Wins when given; else ``$TENSORSTORE_DS_CACHE``; else
-        ``$XDG_CACHE_HOME/tensorstore_ds``, ``~/.cache/tensorstore_ds``.
-    """
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(xdg) / "tensorstore_ds"
-
-
-def content_options(options: ConvertOptions) -> dict[str, Any]:
-    """The options that decide a store's content (the fields before ``workers``)."""
-    names = [f.name for f in dataclasses.fields(options)]
-    content = names[: names.index("workers")]
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(options).items() if k in content}
 
 
 def store_key(fingerprint: str, options: ConvertOptions) -> str:
@@ -73,8 +50,12 @@ def store_key(fingerprint: str, options: ConvertOptions) -> str:
     options
         The conversion options; all content options count, defaults included.
     """
-    key = {"fingerprint": fingerprint, "options": content_options(options),
-           "format_version": FORMAT_VERSION, "cache_version": CACHE_VERSION}
+    key = {
+        "fingerprint": fingerprint,
+        "options": options.content(),
+        "format_version": FORMAT_VERSION,
+        "cache_version": CACHE_VERSION,
+    }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -82,14 +63,15 @@ def dataset_fingerprint(hf_dataset: Any) -> str:
     """The ``datasets`` fingerprint of ``hf_dataset``; an error when it has none."""
     fingerprint = getattr(hf_dataset, "_fingerprint", None)
     if not isinstance(fingerprint, str) or not fingerprint:
-        raise OptionsError(f"{type(hf_dataset).__name__} has no fingerprint to cache its conversion under; "
-                           "pass a datasets.Dataset (load_dataset(..., split=...) gives one), or convert it "
-                           "with tensorstore_ds.convert() and use TensorStoreDataset")
+        raise OptionsError(
+            f"{type(hf_dataset).__name__} has no fingerprint to cache its conversion under; "
+            "pass a datasets.Dataset (load_dataset(..., split=...) gives one), or convert it "
+            "with tensorstore_ds.convert() and use TensorStoreDataset"
+        )
     return fingerprint
 
 
-def prepare_store(hf_dataset: Any, cache_dir: str | os.PathLike[str] | None,
-                  **options: Any) -> tuple[Path, bool]:
+def prepare_store(hf_dataset: Any, cache_dir: str | os.PathLike[str] | None, **options: Any) -> tuple[Path, bool]:
     """Find the cached store of ``hf_dataset`` converted with ``options``, or make it.
 
     Parameters
@@ -123,7 +105,8 @@ def _is_cached(path: Path, fingerprint: str, opts: ConvertOptions) -> bool:
         return False
     manifest = Manifest.read(path)
     same = manifest.source.get("fingerprint") == fingerprint and all(
-        manifest.options.get(k) == v for k, v in content_options(opts).items())
+        manifest.options.get(k) == v for k, v in opts.content().items()
+    )
     if not same:  # only a hash collision or a hand-edited cache gets here
         raise StoreError(f"cached store {path} was made from another dataset or with other options; delete it")
     return True
@@ -161,8 +144,10 @@ def square_size(image_size: int | Sequence[int]) -> int:
         return image_size
     sizes = tuple(image_size)
     if len(sizes) != 2 or sizes[0] != sizes[1]:
-        raise OptionsError(f"image_size={image_size!r}: tensorstore_ds stores square images of one size; "
-                           f"give (s, s), e.g. ({max(sizes, default=224)}, {max(sizes, default=224)})")
+        raise OptionsError(
+            f"image_size={image_size!r}: tensorstore_ds stores square images of one size; "
+            f"give (s, s), e.g. ({max(sizes, default=224)}, {max(sizes, default=224)})"
+        )
     return int(sizes[0])
 
 
@@ -181,16 +166,24 @@ class _StoreBackedDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
 
     media: str
 
-    def __init__(self, hf_dataset: Any, caption_column: str, options: dict[str, Any],
-                 cache_dir: str | os.PathLike[str] | None, keep_placeholders: bool,
-                 memory_budget: int | float | str) -> None:
+    def __init__(
+        self,
+        hf_dataset: Any,
+        caption_column: str,
+        options: dict[str, Any],
+        cache_dir: str | os.PathLike[str] | None,
+        keep_placeholders: bool,
+        memory_budget: int | float | str,
+    ) -> None:
         from .serve.dataset import TensorStoreDataset
 
         start = time.perf_counter()
         self.store_path, self.converted_now = prepare_store(
-            hf_dataset, cache_dir, caption_column=caption_column, progress=True, **options)
-        self.dataset = TensorStoreDataset(self.store_path, fields=[self.media, "caption"],
-                                          memory_budget=memory_budget, channels_last=True)
+            hf_dataset, cache_dir, caption_column=caption_column, progress=True, **options
+        )
+        self.dataset = TensorStoreDataset(
+            self.store_path, fields=[self.media, "caption"], memory_budget=memory_budget, channels_last=True
+        )
         store = self.dataset.store
         self.failures: list[dict[str, Any]] = sorted(store.failures(), key=lambda f: f["row"])
         self.failed_indices: list[int] = [int(f["row"]) for f in self.failures]
@@ -246,8 +239,10 @@ class _StoreBackedDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(samples={len(self)}, failed={len(self.failed_indices)}, "
-                f"store={str(self.store_path)!r}, mode={self.dataset.mode!r})")
+        return (
+            f"{type(self).__name__}(samples={len(self)}, failed={len(self.failed_indices)}, "
+            f"store={str(self.store_path)!r}, mode={self.dataset.mode!r})"
+        )
 
 
 def _row_map(store: Any) -> np.ndarray:
@@ -306,13 +301,21 @@ class InMemoryImageTextDataset(_StoreBackedDataset):
 
     media = "image"
 
-    def __init__(self, hf_dataset: Any, img_col: str = "image_url", txt_col: str = "caption",
-                 max_samples: int | None = None, image_size: tuple[int, int] = (224, 224),
-                 num_workers: int | None = None, *, cache_dir: str | os.PathLike[str] | None = None,
-                 keep_placeholders: bool = False, memory_budget: int | float | str = "auto") -> None:
+    def __init__(
+        self,
+        hf_dataset: Any,
+        img_col: str = "image_url",
+        txt_col: str = "caption",
+        max_samples: int | None = None,
+        image_size: tuple[int, int] = (224, 224),
+        num_workers: int | None = None,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        keep_placeholders: bool = False,
+        memory_budget: int | float | str = "auto",
+    ) -> None:
         self.image_size = square_size(image_size)
-        options = {"image_column": img_col, "limit": max_samples, "image_size": self.image_size,
-                   "workers": num_workers}
+        options = {"image_column": img_col, "limit": max_samples, "image_size": self.image_size, "workers": num_workers}
         super().__init__(hf_dataset, txt_col, options, cache_dir, keep_placeholders, memory_budget)
 
     def _from_row(self, row: np.ndarray) -> Any:
@@ -355,14 +358,29 @@ class InMemoryAudioTextDataset(_StoreBackedDataset):
 
     media = "audio"
 
-    def __init__(self, hf_dataset: Any, audio_col: str = "audio", txt_col: str = "caption",
-                 max_samples: int | None = None, target_sr: int = 16000, max_duration: float = 30.0,
-                 num_workers: int | None = None, *, cache_dir: str | os.PathLike[str] | None = None,
-                 keep_placeholders: bool = False, memory_budget: int | float | str = "auto") -> None:
+    def __init__(
+        self,
+        hf_dataset: Any,
+        audio_col: str = "audio",
+        txt_col: str = "caption",
+        max_samples: int | None = None,
+        target_sr: int = 16000,
+        max_duration: float = 30.0,
+        num_workers: int | None = None,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        keep_placeholders: bool = False,
+        memory_budget: int | float | str = "auto",
+    ) -> None:
         self.target_sr = target_sr
         self.max_duration = max_duration
-        options = {"audio_column": audio_col, "limit": max_samples, "sample_rate": target_sr,
-                   "audio_seconds": float(max_duration), "workers": num_workers}
+        options = {
+            "audio_column": audio_col,
+            "limit": max_samples,
+            "sample_rate": target_sr,
+            "audio_seconds": float(max_duration),
+            "workers": num_workers,
+        }
         super().__init__(hf_dataset, txt_col, options, cache_dir, keep_placeholders, memory_budget)
         self.num_samples = int(self.dataset.store.manifest.arrays["audio"].shape[1])
 

@@ -2,8 +2,16 @@
 
 Each error inherits :class:`TensorStoreDSError` and the builtin exception that
 callers already catch (``FileNotFoundError``, ``ValueError``, ``MemoryError``,
-...). Messages are built once, in the constructor, and name the path, key or
-index involved together with the numbers that disagree.
+...). An error keeps its facts as attributes (``BudgetError.needed``,
+``StoreLockedError.pid``, the path or URL), so that programs never parse
+messages; the message is built once, in the constructor, from those facts and
+names the path, key or index involved together with the numbers that disagree.
+
+The construction pattern: a subclass's ``__init__`` stores its facts, then
+passes the finished message to ``super().__init__``. Errors cross process
+boundaries (decode workers, DataLoader workers, Dask tasks), so pickling
+rebuilds an error from its message and its attributes, without calling its
+``__init__`` again.
 """
 
 from __future__ import annotations
@@ -11,20 +19,40 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .units import format_bytes
+
+_OS_FIELDS = ("errno", "strerror", "filename")
+
 
 class TensorStoreDSError(Exception):
-    """Base class of every error raised by tensorstore_ds."""
+    """Base class of every error raised by tensorstore_ds.
 
-    def __init__(self, *args: Any) -> None:
-        self._init_args = args
-        super().__init__(self._message(*args))
+    Parameters
+    ----------
+    message
+        What went wrong and what to do, for a person.
+    """
 
-    def _message(self, *args: Any) -> str:
-        return str(args[0]) if args else ""
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+
+    def __str__(self) -> str:  # KeyError would repr() the message, OSError would format errno and filename
+        return str(self.args[0]) if self.args else ""
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Errors cross process boundaries (decode workers, DataLoader workers).
-        return (type(self), self._init_args)
+        state = dict(self.__dict__)
+        if isinstance(self, OSError):
+            state.update({name: getattr(self, name) for name in _OS_FIELDS})
+        return (_rebuild, (type(self), self.args, state))
+
+
+def _rebuild(cls: type[TensorStoreDSError], args: tuple[Any, ...], state: dict[str, Any]) -> TensorStoreDSError:
+    """An unpickled error: its message and its attributes, without running ``__init__``."""
+    error = cls.__new__(cls, *args)
+    Exception.__init__(error, *args)
+    for name, value in state.items():
+        setattr(error, name, value)
+    return error
 
 
 # --- one sample ------------------------------------------------------------
@@ -45,10 +73,7 @@ class SampleError(TensorStoreDSError):
     def __init__(self, reason: str, detail: str) -> None:
         self.reason = reason
         self.detail = detail
-        super().__init__(reason, detail)
-
-    def _message(self, reason: str, detail: str) -> str:  # type: ignore[override]
-        return f"{reason}: {detail}"
+        super().__init__(f"{reason}: {detail}")
 
 
 class DecodeError(SampleError, ValueError):
@@ -76,12 +101,8 @@ class SampleFailedError(TensorStoreDSError, RuntimeError):
         self.row = row
         self.key = key
         self.error = error
-        super().__init__(row, key, error)
-
-    def _message(self, row: int, key: str, error: SampleError) -> str:  # type: ignore[override]
-        return (
-            f"source row {row} ({key}) failed: {error}; "
-            "rerun with on_error='skip' to record failures and go on"
+        super().__init__(
+            f"source row {row} ({key}) failed: {error}; rerun with on_error='skip' to record failures and go on"
         )
 
 
@@ -89,20 +110,24 @@ class SampleFailedError(TensorStoreDSError, RuntimeError):
 
 
 class ColumnNotFoundError(TensorStoreDSError, KeyError):
-    """A named column is not in the source."""
+    """A named column is not in the source.
+
+    Parameters
+    ----------
+    role
+        What the column was to be (``"image"``, ``"caption"``, ...).
+    column
+        The name asked for.
+    available
+        The source's columns.
+    """
 
     def __init__(self, role: str, column: str, available: list[str]) -> None:
+        self.role = role
         self.column = column
-        super().__init__(role, column, available)
-
-    def _message(self, role: str, column: str, available: list[str]) -> str:  # type: ignore[override]
-        return (
-            f"{role} column {column!r} is not in the source; "
-            f"available columns: {', '.join(map(repr, available)) or '(none)'}"
-        )
-
-    def __str__(self) -> str:  # KeyError would otherwise repr() the message
-        return str(self.args[0])
+        self.available = list(available)
+        names = ", ".join(map(repr, available)) or "(none)"
+        super().__init__(f"{role} column {column!r} is not in the source; available columns: {names}")
 
 
 class SourceError(TensorStoreDSError, ValueError):
@@ -111,6 +136,30 @@ class SourceError(TensorStoreDSError, ValueError):
 
 class OptionsError(TensorStoreDSError, ValueError):
     """A conversion or loading option is invalid or contradicts another."""
+
+
+class FieldNotFoundError(TensorStoreDSError, KeyError):
+    """A store has no array or text column of that name.
+
+    Parameters
+    ----------
+    location
+        The store's path or URL.
+    kind
+        ``"array"`` or ``"text column"``.
+    name
+        The name asked for.
+    available
+        The names the store has.
+    """
+
+    def __init__(self, location: str, kind: str, name: str, available: list[str]) -> None:
+        self.location = location
+        self.kind = kind
+        self.name = name
+        self.available = list(available)
+        plural = "arrays" if kind == "array" else "columns"
+        super().__init__(f"store {location} has no {kind} {name!r}; {plural}: {self.available}")
 
 
 # --- stores ----------------------------------------------------------------
@@ -124,21 +173,19 @@ class StoreNotFoundError(StoreError, FileNotFoundError):
     """No store (no manifest) at the given path."""
 
     def __init__(self, path: str | os.PathLike[str], why: str = "") -> None:
-        super().__init__(os.fspath(path), why)
-
-    def _message(self, path: str, why: str) -> str:  # type: ignore[override]
-        return f"no tensorstore_ds store at {path}" + (f": {why}" if why else "")
+        self.path = os.fspath(path)
+        self.why = why
+        super().__init__(f"no tensorstore_ds store at {self.path}" + (f": {why}" if why else ""))
 
 
 class StoreIncompleteError(StoreError):
     """The store's conversion has not finished."""
 
     def __init__(self, path: str | os.PathLike[str], done: int) -> None:
-        super().__init__(os.fspath(path), done)
-
-    def _message(self, path: str, done: int) -> str:  # type: ignore[override]
-        return (
-            f"store {path} is unfinished: its conversion stopped or is still running "
+        self.path = os.fspath(path)
+        self.done = done
+        super().__init__(
+            f"store {self.path} is unfinished: its conversion stopped or is still running "
             f"after {done} samples; rerun the same convert command to finish it"
         )
 
@@ -147,10 +194,9 @@ class StoreLockedError(StoreError):
     """Another process is converting into the same store."""
 
     def __init__(self, path: str | os.PathLike[str], pid: int) -> None:
-        super().__init__(os.fspath(path), pid)
-
-    def _message(self, path: str, pid: int) -> str:  # type: ignore[override]
-        return f"store {path} is being converted by process {pid}; wait for it to finish"
+        self.path = os.fspath(path)
+        self.pid = pid
+        super().__init__(f"store {self.path} is being converted by process {pid}; wait for it to finish")
 
 
 class StoreFormatError(StoreError, ValueError):
@@ -158,21 +204,20 @@ class StoreFormatError(StoreError, ValueError):
 
     def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
         self.path = os.fspath(path)
-        super().__init__(self.path, problem)
-
-    def _message(self, path: str, problem: str) -> str:  # type: ignore[override]
-        return f"{path}: {problem}"
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
 
 
 class OptionsMismatchError(TensorStoreDSError, ValueError):
     """A rerun or merge uses different preprocessing options than the store."""
 
     def __init__(self, path: str | os.PathLike[str], option: str, stored: Any, given: Any) -> None:
-        super().__init__(os.fspath(path), option, stored, given)
-
-    def _message(self, path: str, option: str, stored: Any, given: Any) -> str:  # type: ignore[override]
-        return (
-            f"store {path} was made with {option}={stored!r}, this run asks for "
+        self.path = os.fspath(path)
+        self.option = option
+        self.stored = stored
+        self.given = given
+        super().__init__(
+            f"store {self.path} was made with {option}={stored!r}, this run asks for "
             f"{option}={given!r}; use the same options to resume, or overwrite=True to start over"
         )
 
@@ -184,12 +229,9 @@ class BudgetError(TensorStoreDSError, MemoryError):
     """The selected fields do not fit the memory budget in RAM mode."""
 
     def __init__(self, needed: int, budget: int) -> None:
-        super().__init__(needed, budget)
-
-    def _message(self, needed: int, budget: int) -> str:  # type: ignore[override]
-        from .units import format_bytes
-
-        return (
+        self.needed = needed
+        self.budget = budget
+        super().__init__(
             f"store needs {format_bytes(needed)}, budget is {format_bytes(budget)}; "
             "raise memory_budget or use mode='paged'"
         )
@@ -199,12 +241,10 @@ class SharedMemoryError(TensorStoreDSError, OSError):
     """There is not enough shared memory to hold the store in RAM mode."""
 
     def __init__(self, where: str, needed: int, free: int) -> None:
-        super().__init__(where, needed, free)
-
-    def _message(self, where: str, needed: int, free: int) -> str:  # type: ignore[override]
-        from .units import format_bytes
-
-        return (
+        self.where = where
+        self.needed = needed
+        self.free = free
+        super().__init__(
             f"RAM mode needs {format_bytes(needed)} of shared memory, {where} has {format_bytes(free)} free; "
             "enlarge it (docker: --shm-size), set TENSORSTORE_DS_SHM_DIR, or use mode='paged'"
         )
@@ -216,15 +256,23 @@ class SharedMemoryError(TensorStoreDSError, OSError):
 class StoresMismatchError(OptionsMismatchError):
     """Stores merged or served together were made with different options or layouts."""
 
-    def __init__(self, first: str | os.PathLike[str], other: str | os.PathLike[str], option: str,
-                 first_value: Any, other_value: Any) -> None:
-        TensorStoreDSError.__init__(self, os.fspath(first), os.fspath(other), option, first_value, other_value)
-
-    def _message(self, first: str, other: str, option: str, first_value: Any,  # type: ignore[override]
-                 other_value: Any) -> str:
-        return (
-            f"stores {first} and {other} differ in {option}: {first_value!r} and {other_value!r}; "
-            "only stores converted with the same preprocessing options can be combined"
+    def __init__(
+        self,
+        first: str | os.PathLike[str],
+        other: str | os.PathLike[str],
+        option: str,
+        first_value: Any,
+        other_value: Any,
+    ) -> None:
+        self.first = self.path = os.fspath(first)
+        self.other = os.fspath(other)
+        self.option = option
+        self.first_value = self.stored = first_value
+        self.other_value = self.given = other_value
+        TensorStoreDSError.__init__(  # the message names both stores, not "this run"
+            self,
+            f"stores {self.first} and {self.other} differ in {option}: {first_value!r} and {other_value!r}; "
+            "only stores converted with the same preprocessing options can be combined",
         )
 
 
@@ -238,32 +286,28 @@ class StoreWriteError(StoreError):
     (``errno.ENOSPC`` when the disk is full), as for any :class:`OSError`.
     """
 
-    def __init__(self, path: str | os.PathLike[str], file: str | os.PathLike[str], error: int | None,
-                 reason: str, committed: int) -> None:
-        super().__init__(os.fspath(path), os.fspath(file), error, reason, committed)
+    def __init__(
+        self, path: str | os.PathLike[str], file: str | os.PathLike[str], error: int | None, reason: str, committed: int
+    ) -> None:
+        self.path = os.fspath(path)
+        self.committed = committed
+        super().__init__(
+            f"writing store {self.path} failed: {reason} (errno {error}, {os.fspath(file)}); the {committed} "
+            "samples committed so far are kept: free space (or fix the cause) and rerun the same convert "
+            "command to resume"
+        )
         self.errno = error
         self.strerror = reason
         self.filename = os.fspath(file)
-
-    def _message(self, path: str, file: str, error: int | None, reason: str,  # type: ignore[override]
-                 committed: int) -> str:
-        return (
-            f"writing store {path} failed: {reason} (errno {error}, {file}); the {committed} samples "
-            "committed so far are kept: free space (or fix the cause) and rerun the same convert command to resume"
-        )
-
-    def __str__(self) -> str:  # OSError would otherwise format errno, strerror and filename
-        return str(self.args[0])
 
 
 class DecoderStartError(TensorStoreDSError, RuntimeError):
     """Decode processes fail even on a known-good sample, so no sample is to blame."""
 
     def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(kind, detail)
-
-    def _message(self, kind: str, detail: str) -> str:  # type: ignore[override]
-        return (
+        self.kind = kind
+        self.detail = detail
+        super().__init__(
             f"decode worker processes cannot run: a fresh one failed on a known-good sample too "
             f"({kind}: {detail or 'the process died'}); nothing was recorded as failed. If you run from "
             "an interactive session or stdin, use workers=0 or run a script file; rerun to resume"

@@ -32,13 +32,13 @@ main.image { display: grid; grid-template-columns: repeat(auto-fill, 224px); gap
 main.image figure { margin: 0; width: 224px; }
 main.audio figure { display: flex; gap: 12px; margin: 0 0 16px; }
 figcaption .index { font-weight: bold; }
+audio { display: block; margin: 4px 0; }
 figcaption .caption { color: #444; overflow-wrap: anywhere; }
 """
 POLICY = "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'"
 
 
-def write_page(directory: Path, sheet: Image.Image, layout: PreviewLayout, clips: np.ndarray | None,
-               rate: int) -> Path:
+def write_page(directory: Path, sheet: Image.Image, layout: PreviewLayout, clips: np.ndarray | None, rate: int) -> Path:
     """Write ``directory/index.html`` and its files; return the page's path.
 
     Parameters
@@ -73,26 +73,32 @@ def write_page(directory: Path, sheet: Image.Image, layout: PreviewLayout, clips
 
 def _union(first: Box, second: Box) -> tuple[int, int, int, int]:
     """The bounds of both boxes (a clip's waveform and spectrogram, as one picture)."""
-    return (min(first.x, second.x), min(first.y, second.y), max(first.bounds[2], second.bounds[2]),
-            max(first.bounds[3], second.bounds[3]))
+    return (
+        min(first.x, second.x),
+        min(first.y, second.y),
+        max(first.bounds[2], second.bounds[2]),
+        max(first.bounds[3], second.bounds[3]),
+    )
 
 
 def _figure(tile: Tile, src: str, width: int, height: int, player: str) -> str:
+    """One sample: its picture, then its index and size or lengths, its player, and its whole caption."""
     first, *details = tile.lines
-    about = " ".join(details[:1]) if tile.spectrogram is not None else ""
-    return (f'<figure><img src="{html.escape(src)}" width="{width}" height="{height}" '
-            f'alt="sample {tile.index}"><figcaption><span class="index">{html.escape(first)}</span> '
-            f'{html.escape(about)}{player}<div class="caption">{html.escape(tile.caption)}</div>'
-            "</figcaption></figure>")
+    about = f"<div>{html.escape(details[0])}</div>" if tile.spectrogram is not None and details else ""
+    return (
+        f'<figure><img src="{html.escape(src)}" width="{width}" height="{height}" alt="sample {tile.index}">'
+        f'<figcaption><div class="index">{html.escape(first)}</div>{about}{player}'
+        f'<div class="caption">{html.escape(tile.caption)}</div></figcaption></figure>'
+    )
 
 
 def _document(layout: PreviewLayout, figures: list[str]) -> str:
     title, *lines = layout.header_lines
     paragraphs = "".join(
-        f'<p{" class=failed" if line.startswith("failed:") else ""}>{html.escape(line)}</p>' for line in lines
+        f'<p class="{"failed" if line.startswith("failed:") else "about"}">{html.escape(line)}</p>' for line in lines
     )
     return (
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{POLICY}">'
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n<body>"
         f"<header><h1>{html.escape(title)}</h1>{paragraphs}</header>\n"

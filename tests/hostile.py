@@ -22,9 +22,10 @@ import socket
 import struct
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -43,8 +44,8 @@ RATE, SECONDS = 16000, 0.25  # stored audio
 SAMPLES = round(RATE * SECONDS)
 WHITE, RED, BLUE = (255, 255, 255), (255, 0, 0), (0, 0, 255)
 PLANES = "".join(chr(plane * 0x10000 + 0x4E2D) for plane in range(17))  # a code point in every Unicode plane
-UNICODE_CAPTION = "é中😀" + PLANES + "\U0010ffff\u200d\ufeff\x00\n\t\"\\"
-LONG_CAPTION = ("a long caption " * 70_000)[:2**20]  # 1 MiB
+UNICODE_CAPTION = "é中😀" + PLANES + '\U0010ffff\u200d\ufeff\x00\n\t"\\'
+LONG_CAPTION = ("a long caption " * 70_000)[: 2**20]  # 1 MiB
 MAX_DOWNLOAD_MB = 0.02  # URL corpus: bodies above 20 KiB are too large
 
 
@@ -85,7 +86,7 @@ def png_chunks(data: bytes) -> list[tuple[bytes, int, int]]:
 
 def flip_png_idat(data: bytes) -> bytes:
     """Flip bytes in the middle of the first IDAT chunk (its CRC no longer matches)."""
-    kind, start, length = next(c for c in png_chunks(data) if c[0] == b"IDAT")
+    _kind, start, length = next(c for c in png_chunks(data) if c[0] == b"IDAT")
     out = bytearray(data)
     for i in range(start + length // 2, start + length // 2 + 4):
         out[i] ^= 0x5A
@@ -178,8 +179,9 @@ class Case:
         return frozenset({self.expect}) if isinstance(self.expect, str) else self.expect
 
 
-def same_as_decoded(data: bytes | str | Path, options: ImageOptions = ImageOptions(SIZE)) -> Check:
+def same_as_decoded(data: bytes | str | Path, options: ImageOptions | None = None) -> Check:
     """The stored row equals what the decoder makes of ``data`` (and its size)."""
+    options = ImageOptions(SIZE) if options is None else options
     want, size = decode_image(data, options)
 
     def check(row: dict[str, Any]) -> str | None:
@@ -192,8 +194,9 @@ def same_as_decoded(data: bytes | str | Path, options: ImageOptions = ImageOptio
     return check
 
 
-def colour(expected: tuple[int, int, int], size: tuple[int, int], tolerance: int = 3,
-           rows: slice = slice(None)) -> Check:
+def colour(
+    expected: tuple[int, int, int], size: tuple[int, int], tolerance: int = 3, rows: slice = slice(None)
+) -> Check:
     """Every stored pixel (of ``rows``) is ``expected``; the original size is ``size``."""
 
     def check(row: dict[str, Any]) -> str | None:
@@ -240,8 +243,12 @@ def image_cases() -> list[tuple[str, bytes, str | frozenset[str], Check | None]]
         ("PNG without IEND and last CRC", cut_png_tail(png), "ok", same_as_decoded(png)),
         ("PNG with flipped IDAT bytes (bad CRC)", flip_png_idat(png), "undecodable-image", None),
         # GIF has no checksum: corrupt LZW data may decode to wrong pixels (documented).
-        ("corrupt GIF data", gradient("GIF")[:40] + b"\xff" * 64 + gradient("GIF")[104:],
-         frozenset({"ok", "undecodable-image"}), shape_only),
+        (
+            "corrupt GIF data",
+            gradient("GIF")[:40] + b"\xff" * 64 + gradient("GIF")[104:],
+            frozenset({"ok", "undecodable-image"}),
+            shape_only,
+        ),
         ("JPEG with a broken signature", b"\xff\x00" + jpeg[2:], "undecodable-image", None),
         # JPEG and lossy WebP have no checksum: corrupt entropy-coded data decodes to wrong pixels (documented).
         ("corrupt JPEG scan data", flip_middle(jpeg), frozenset({"ok", "undecodable-image"}), shape_only),
@@ -253,20 +260,50 @@ def image_cases() -> list[tuple[str, bytes, str | frozenset[str], Check | None]]
         ("decompression bomb header 20000x20000", png_header(20000, 20000), "decompression-bomb", None),
         ("decompression bomb header 65535x65535 JPEG-size", png_header(65535, 65535), "decompression-bomb", None),
         ("1x1", encode(Image.new("RGB", (1, 1), (10, 200, 30)), "PNG"), "ok", colour((10, 200, 30), (1, 1), 0)),
-        ("10000x10", encode(Image.new("RGB", (10000, 10), (40, 80, 120)), "PNG"), "ok",
-         colour((40, 80, 120), (10, 10000), 0)),
-        ("10x10000", encode(Image.new("RGB", (10, 10000), (120, 80, 40)), "PNG"), "ok",
-         colour((120, 80, 40), (10000, 10), 0)),
-        ("CMYK JPEG", encode(Image.new("CMYK", (20, 12), (0, 255, 255, 0)), "JPEG", quality=95), "ok",
-         colour(RED, (12, 20))),
-        ("16-bit PNG", encode(Image.fromarray(np.full((6, 9), 32896, np.uint16)), "PNG"), "ok",
-         colour((128, 128, 128), (6, 9), 0)),
-        ("palette PNG with transparency", transparent_palette(), "ok",
-         both(colour(RED, (12, 12), 0, top), colour(WHITE, (12, 12), 0, bottom))),
+        (
+            "10000x10",
+            encode(Image.new("RGB", (10000, 10), (40, 80, 120)), "PNG"),
+            "ok",
+            colour((40, 80, 120), (10, 10000), 0),
+        ),
+        (
+            "10x10000",
+            encode(Image.new("RGB", (10, 10000), (120, 80, 40)), "PNG"),
+            "ok",
+            colour((120, 80, 40), (10000, 10), 0),
+        ),
+        (
+            "CMYK JPEG",
+            encode(Image.new("CMYK", (20, 12), (0, 255, 255, 0)), "JPEG", quality=95),
+            "ok",
+            colour(RED, (12, 20)),
+        ),
+        (
+            "16-bit PNG",
+            encode(Image.fromarray(np.full((6, 9), 32896, np.uint16)), "PNG"),
+            "ok",
+            colour((128, 128, 128), (6, 9), 0),
+        ),
+        (
+            "palette PNG with transparency",
+            transparent_palette(),
+            "ok",
+            both(colour(RED, (12, 12), 0, top), colour(WHITE, (12, 12), 0, bottom)),
+        ),
         ("animated GIF", animated("GIF"), "ok", colour(RED, (16, 16), 10)),
         ("animated WebP", animated("WEBP"), "ok", colour(RED, (16, 16), 10)),
-        ("EXIF orientation 6", oriented(6), "ok", both(colour(RED, (40, 20), 40, top), colour(BLUE, (40, 20), 40, bottom))),
-        ("EXIF orientation 8", oriented(8), "ok", both(colour(BLUE, (40, 20), 40, top), colour(RED, (40, 20), 40, bottom))),
+        (
+            "EXIF orientation 6",
+            oriented(6),
+            "ok",
+            both(colour(RED, (40, 20), 40, top), colour(BLUE, (40, 20), 40, bottom)),
+        ),
+        (
+            "EXIF orientation 8",
+            oriented(8),
+            "ok",
+            both(colour(BLUE, (40, 20), 40, top), colour(RED, (40, 20), 40, bottom)),
+        ),
         ("PNG bytes under a .jpg name", good_image(99), "ok", same_as_decoded(good_image(99))),
     ]
     return cases
@@ -319,7 +356,7 @@ def run_corpus(name: str, cases: list[Case], source: Any, out: Path, **options: 
     except TensorStoreDSError as exc:
         result.problems.append(f"convert raised {type(exc).__name__}: {exc}")
         return result
-    except Exception as exc:  # noqa: BLE001 - counted, not hidden
+    except Exception as exc:
         result.foreign.append(f"convert raised {type(exc).__name__}: {exc}")
         return result
     check_store(out, cases, result)
@@ -333,9 +370,10 @@ def check_store(out: Path, cases: list[Case], result: CorpusResult) -> None:
     try:
         store = open_store(out)
         report = verify(out, progress=False)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         (result.problems if isinstance(exc, TensorStoreDSError) else result.foreign).append(
-            f"the store does not open: {type(exc).__name__}: {exc}")
+            f"the store does not open: {type(exc).__name__}: {exc}"
+        )
         return
     if not report.ok:
         result.problems.append(f"verify: {report}")
@@ -377,8 +415,9 @@ def check_store(out: Path, cases: list[Case], result: CorpusResult) -> None:
             result.problems.append(f"{where}: failed with {f['reason']} ({f['detail'][:200]}), expected converted")
             result.lost += 1
         elif f["reason"] not in case.reasons:
-            result.problems.append(f"{where}: failed with {f['reason']} ({f['detail'][:200]}), "
-                                   f"expected {sorted(case.reasons)}")
+            result.problems.append(
+                f"{where}: failed with {f['reason']} ({f['detail'][:200]}), expected {sorted(case.reasons)}"
+            )
         elif not f["detail"] or f["key"] is None:
             result.problems.append(f"{where}: failure record {f} lacks a key or detail")
         if len(case.reasons) == 1:
@@ -387,13 +426,11 @@ def check_store(out: Path, cases: list[Case], result: CorpusResult) -> None:
     if extra:
         result.problems.append(f"rows that are not in the source: {sorted(extra)}")
     counts = store.manifest.counts
-    if counts["converted"] != len(rows) or counts["failed"] != len(failures) or \
-            counts["rows_read"] != len(cases):
+    if counts["converted"] != len(rows) or counts["failed"] != len(failures) or counts["rows_read"] != len(cases):
         result.problems.append(f"manifest counts {counts} disagree with the store")
-    if all(len(c.reasons) == 1 for c in cases):
-        if counts["failed_by_reason"] != dict(sorted(expected_reasons.items())):
-            result.problems.append(f"failed_by_reason {counts['failed_by_reason']}, "
-                                   f"expected {dict(sorted(expected_reasons.items()))}")
+    expected_by_reason = dict(sorted(expected_reasons.items()))
+    if all(len(c.reasons) == 1 for c in cases) and counts["failed_by_reason"] != expected_by_reason:
+        result.problems.append(f"failed_by_reason {counts['failed_by_reason']}, expected {expected_by_reason}")
     store.close()
 
 
@@ -437,30 +474,46 @@ def url_corpus(server: TestServer, root: Path) -> list[Case]:
         if data:
             route(f"{name} (served as image/png)", Response(200, data, png), expect, check)
     route("HTML page as text/html", Response(200, b"<html>moved</html>", {"Content-Type": "text/html"}), "not-media")
-    route("image as text/plain", Response(200, good_body(1), {"Content-Type": "text/plain; charset=utf-8"}),
-          "not-media")
-    route("HTML as image/jpeg", Response(200, b"<html>moved</html>", {"Content-Type": "image/jpeg"}),
-          "undecodable-image")
+    route(
+        "image as text/plain", Response(200, good_body(1), {"Content-Type": "text/plain; charset=utf-8"}), "not-media"
+    )
+    route(
+        "HTML as image/jpeg", Response(200, b"<html>moved</html>", {"Content-Type": "image/jpeg"}), "undecodable-image"
+    )
     route("image as application/octet-stream", good_body(2), "ok", same_as_decoded(good_body(2)))
-    route("PNG as image/jpeg", Response(200, good_body(3), {"Content-Type": "image/jpeg"}), "ok",
-          same_as_decoded(good_body(3)))
+    route(
+        "PNG as image/jpeg",
+        Response(200, good_body(3), {"Content-Type": "image/jpeg"}),
+        "ok",
+        same_as_decoded(good_body(3)),
+    )
     route("404", Response(404, b"not found", {"Content-Type": "text/plain"}), "http-404")
     route("403", 403, "http-403")
     route("410", 410, "http-410")
     route("500 then success", [500, Response(200, good_body(4), png)], "ok", same_as_decoded(good_body(4)))
     route("500 forever", 500, "http-500")
-    route("429 with Retry-After then success",
-          [Response(429, b"", {"Retry-After": "1"}), Response(200, good_body(5), png)], "ok",
-          same_as_decoded(good_body(5)))
-    route("503 with a Retry-After date in the past, forever",
-          Response(503, b"", {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}), "http-503")
+    route(
+        "429 with Retry-After then success",
+        [Response(429, b"", {"Retry-After": "1"}), Response(200, good_body(5), png)],
+        "ok",
+        same_as_decoded(good_body(5)),
+    )
+    route(
+        "503 with a Retry-After date in the past, forever",
+        Response(503, b"", {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}),
+        "http-503",
+    )
     route("never answers", Response.never(), "timeout")
     route("stalls mid-body", Response(200, noisy_image(6), png, stall_after=1000, stall=3600.0), "timeout")
     route("drops the connection mid-body", Response(200, noisy_image(7), png, drop_after=1000), "connection-error")
-    route("closes after fewer bytes than Content-Length",
-          Response(200, noisy_image(8)[:1000], png, content_length=len(noisy_image(8))), "connection-error")
-    route("chunked body cut short", Response(200, noisy_image(9), png, chunked=True, drop_after=1000),
-          "connection-error")
+    route(
+        "closes after fewer bytes than Content-Length",
+        Response(200, noisy_image(8)[:1000], png, content_length=len(noisy_image(8))),
+        "connection-error",
+    )
+    route(
+        "chunked body cut short", Response(200, noisy_image(9), png, chunked=True, drop_after=1000), "connection-error"
+    )
     route("redirect to an image", Response.redirect("/good/redirected.png"), "ok", same_as_decoded(good_body(9)))
     server.route("/good/redirected.png", Response(200, good_body(9), png))
     server.route("/loop/a", Response.redirect("/loop/b"))
@@ -485,7 +538,9 @@ def url_corpus(server: TestServer, root: Path) -> list[Case]:
         ("no host", "http:///x.png", "bad-url"),
         ("data: URL (a path, no such file)", "data:image/png;base64,iVBORw0KGgo=", "undecodable-image"),
     ]
-    hostile = [Case(name, expect, check, caption=f"caption of {name}", media=url) for name, url, expect, check in routes]
+    hostile = [
+        Case(name, expect, check, caption=f"caption of {name}", media=url) for name, url, expect, check in routes
+    ]
     hostile += [Case(name, expect, None, caption=f"caption of {name}", media=url) for name, url, expect in plain]
     good_url = server.url_for("/good/caption.png")
     server.route("/good/caption.png", Response(200, good_body(10), png))
@@ -494,8 +549,13 @@ def url_corpus(server: TestServer, root: Path) -> list[Case]:
         Case("caption empty", "missing-caption", caption="", media=good_url),
         Case("caption whitespace", "missing-caption", caption=" \t\n", media=good_url),
         Case("caption 1 MiB", "ok", same_as_decoded(good_body(10)), caption=LONG_CAPTION, media=good_url),
-        Case("caption in every Unicode plane", "ok", same_as_decoded(good_body(10)), caption=UNICODE_CAPTION,
-             media=good_url),
+        Case(
+            "caption in every Unicode plane",
+            "ok",
+            same_as_decoded(good_body(10)),
+            caption=UNICODE_CAPTION,
+            media=good_url,
+        ),
         Case("image column None", "missing-media", caption="no image", media=None),
         Case("image column empty", "missing-media", caption="no image", media="  "),
     ]
@@ -504,8 +564,14 @@ def url_corpus(server: TestServer, root: Path) -> list[Case]:
         path = f"/good/{i}.png"
         body = good_image(i)
         server.route(path, Response(200, body, png))
-        return Case(f"good {i}", "ok", same_as_decoded(body), caption=f"good caption {i}", hostile=False,
-                    media=server.url_for(path))
+        return Case(
+            f"good {i}",
+            "ok",
+            same_as_decoded(body),
+            caption=f"good caption {i}",
+            hostile=False,
+            media=server.url_for(path),
+        )
 
     return interleave(hostile, good)
 
@@ -513,13 +579,29 @@ def url_corpus(server: TestServer, root: Path) -> list[Case]:
 def run_image_url_corpus(server: TestServer, root: Path) -> CorpusResult:
     """Every URL case in one conversion, fetched from ``server``."""
     cases = url_corpus(server, root / "files")
-    src = write_parquet(root / "urls.parquet", {
-        "image_url": [c.media for c in cases], "caption": [c.caption for c in cases],
-        "note": [json.dumps({"case": c.name}) for c in cases],
-    })
-    return run_corpus("image URLs", cases, src, root / "store", image_column="image_url", keep_columns=("note",),
-                      image_size=SIZE, chunk_mb=0.004, workers=0, timeout=1.0, retries=1,
-                      max_download_mb=MAX_DOWNLOAD_MB, fetch_concurrency=32)
+    src = write_parquet(
+        root / "urls.parquet",
+        {
+            "image_url": [c.media for c in cases],
+            "caption": [c.caption for c in cases],
+            "note": [json.dumps({"case": c.name}) for c in cases],
+        },
+    )
+    return run_corpus(
+        "image URLs",
+        cases,
+        src,
+        root / "store",
+        image_column="image_url",
+        keep_columns=("note",),
+        image_size=SIZE,
+        chunk_mb=0.004,
+        workers=0,
+        timeout=1.0,
+        retries=1,
+        max_download_mb=MAX_DOWNLOAD_MB,
+        fetch_concurrency=32,
+    )
 
 
 # --- image files -------------------------------------------------------------------------------------------
@@ -560,18 +642,27 @@ def file_corpus(root: Path) -> list[Case]:
     def good(i: int) -> Case:
         path = root / "img" / f"good-{i}.png"
         path.write_bytes(good_image(i))
-        return Case(f"good {i}", "ok", same_as_decoded(good_image(i)), caption=f"good {i}".encode(), hostile=False,
-                    media=f"img/{path.name}")
+        return Case(
+            f"good {i}",
+            "ok",
+            same_as_decoded(good_image(i)),
+            caption=f"good {i}".encode(),
+            hostile=False,
+            media=f"img/{path.name}",
+        )
 
     return interleave(hostile, good)
 
 
 def run_image_file_corpus(root: Path) -> CorpusResult:
     cases = file_corpus(root / "files")
-    src = write_parquet(root / "files" / "images.parquet", {
-        "image": [c.media for c in cases], "caption": pa.array([c.caption for c in cases], pa.binary())})
-    return run_corpus("image files", cases, src, root / "store", image_column="image", image_size=SIZE,
-                      chunk_mb=0.004, workers=1)
+    src = write_parquet(
+        root / "files" / "images.parquet",
+        {"image": [c.media for c in cases], "caption": pa.array([c.caption for c in cases], pa.binary())},
+    )
+    return run_corpus(
+        "image files", cases, src, root / "store", image_column="image", image_size=SIZE, chunk_mb=0.004, workers=1
+    )
 
 
 # --- audio files ---------------------------------------------------------------------------------------------
@@ -635,8 +726,15 @@ def audio_corpus(root: Path) -> list[Case]:
     for channels in (2, 3, 6, 8):
         amplitudes = np.linspace(0.2, 0.8, channels)
         signal = sine(44100, 0.4, 300.0)[:, None] * (amplitudes / 0.5)
-        files.append((f"{channels} channels", encode_audio(signal.astype(np.float32), 44100, "WAV", "FLOAT"), "ok",
-                      tone(300.0, float(amplitudes.mean())), (None, None)))
+        files.append(
+            (
+                f"{channels} channels",
+                encode_audio(signal.astype(np.float32), 44100, "WAV", "FLOAT"),
+                "ok",
+                tone(300.0, float(amplitudes.mean())),
+                (None, None),
+            )
+        )
     truncated = {fmt: encode_audio(at16, RATE, fmt) for fmt in ("FLAC", "OGG", "MP3")}
     partial = frozenset({"ok", "undecodable-audio", "empty-audio"})  # libsndfile decides; documented either way
     for fmt, data in truncated.items():
@@ -651,20 +749,48 @@ def audio_corpus(root: Path) -> list[Case]:
         ("zero-length WAV", encode_audio(np.zeros(0, np.float32), RATE), "empty-audio", None, (None, None)),
         ("zero bytes", b"", "empty-file", None, (None, None)),
         ("text named .wav", b"<html><body>Not Found</body></html>\n" * 10, "undecodable-audio", None, (None, None)),
-        ("NaN in a float WAV", encode_audio(np.where(np.arange(8000) == 99, np.nan, at16).astype(np.float32), RATE,
-                                            "WAV", "FLOAT"), "non-finite-audio", None, (None, None)),
-        ("inf in a float WAV", encode_audio(np.where(np.arange(8000) == 7, -np.inf, at16).astype(np.float32), RATE,
-                                            "WAV", "FLOAT"), "non-finite-audio", None, (None, None)),
-        ("beyond float16", encode_audio(np.where(np.arange(8000) == 7, 1e6, at16).astype(np.float32), RATE,
-                                        "WAV", "FLOAT"), "audio-out-of-range", None, (None, None)),
-        ("all silent", encode_audio(np.zeros(RATE, np.float32), RATE), "ok", audio_prefix(np.zeros(SAMPLES), SAMPLES),
-         (None, None)),
-        ("3 samples at 44.1 kHz", encode_audio(sine(44100, 3 / 44100, 440.0), 44100), "ok",
-         lambda row: None if int(row["audio_length"]) == 1 and not row["audio"][1:].any() else "wrong length",
-         (None, None)),
-        ("1 sample at 8 kHz", encode_audio(np.full(1, 0.25, np.float32), 8000), "ok",
-         lambda row: None if int(row["audio_length"]) == 2 and not row["audio"][2:].any() else "wrong length",
-         (None, None)),
+        (
+            "NaN in a float WAV",
+            encode_audio(np.where(np.arange(8000) == 99, np.nan, at16).astype(np.float32), RATE, "WAV", "FLOAT"),
+            "non-finite-audio",
+            None,
+            (None, None),
+        ),
+        (
+            "inf in a float WAV",
+            encode_audio(np.where(np.arange(8000) == 7, -np.inf, at16).astype(np.float32), RATE, "WAV", "FLOAT"),
+            "non-finite-audio",
+            None,
+            (None, None),
+        ),
+        (
+            "beyond float16",
+            encode_audio(np.where(np.arange(8000) == 7, 1e6, at16).astype(np.float32), RATE, "WAV", "FLOAT"),
+            "audio-out-of-range",
+            None,
+            (None, None),
+        ),
+        (
+            "all silent",
+            encode_audio(np.zeros(RATE, np.float32), RATE),
+            "ok",
+            audio_prefix(np.zeros(SAMPLES), SAMPLES),
+            (None, None),
+        ),
+        (
+            "3 samples at 44.1 kHz",
+            encode_audio(sine(44100, 3 / 44100, 440.0), 44100),
+            "ok",
+            lambda row: None if int(row["audio_length"]) == 1 and not row["audio"][1:].any() else "wrong length",
+            (None, None),
+        ),
+        (
+            "1 sample at 8 kHz",
+            encode_audio(np.full(1, 0.25, np.float32), 8000),
+            "ok",
+            lambda row: None if int(row["audio_length"]) == 2 and not row["audio"][2:].any() else "wrong length",
+            (None, None),
+        ),
         ("clip inside", wav, "ok", audio_prefix(pcm[1600:], 1600), (0.1, 0.2)),
         ("clip end past the end", wav, "ok", audio_prefix(pcm[6400:], 1600), (0.4, 5.0)),
         ("clip starting past the end", wav, "clip-out-of-range", None, (5.0, 6.0)),
@@ -691,8 +817,9 @@ def audio_corpus(root: Path) -> list[Case]:
     def good(i: int) -> Case:
         path = root / "audio" / f"good-{i}.wav"
         path.write_bytes(encode_audio(sine(RATE, 0.3, 200.0 + 20 * i), RATE))
-        return Case(f"good {i}", "ok", tone(200.0 + 20 * i, 0.5), caption=f"good {i}", hostile=False,
-                    media=f"audio/{path.name}")
+        return Case(
+            f"good {i}", "ok", tone(200.0 + 20 * i, 0.5), caption=f"good {i}", hostile=False, media=f"audio/{path.name}"
+        )
 
     return interleave(hostile, good)
 
@@ -700,20 +827,40 @@ def audio_corpus(root: Path) -> list[Case]:
 def audio_bytes_cases() -> tuple[list[bytes], list[str]]:
     """In-memory recordings, three of which libsndfile refuses (with a message naming the in-memory file)."""
     ogg = encode_audio(sine(8000, 0.3), 8000, "OGG")
-    blobs = [encode_audio(sine(8000, 0.2), 8000), b"<html>not audio</html>" * 5, ogg[: len(ogg) // 2],
-             encode_audio(sine(8000, 0.2), 8000, "FLAC")[:60], encode_audio(sine(8000, 0.2, 300.0), 8000)]
+    blobs = [
+        encode_audio(sine(8000, 0.2), 8000),
+        b"<html>not audio</html>" * 5,
+        ogg[: len(ogg) // 2],
+        encode_audio(sine(8000, 0.2), 8000, "FLAC")[:60],
+        encode_audio(sine(8000, 0.2, 300.0), 8000),
+    ]
     return blobs, ["ok", "undecodable-audio", "undecodable-audio", "undecodable-audio", "ok"]
 
 
 def run_audio_corpus(root: Path) -> CorpusResult:
     cases = audio_corpus(root / "files")
-    src = write_parquet(root / "files" / "audio.parquet", {
-        "audio": [c.media for c in cases], "caption": [c.caption for c in cases],
-        "start": pa.array([c.clip[0] for c in cases], pa.float64()),
-        "end": pa.array([c.clip[1] for c in cases], pa.float64()),
-    })
-    return run_corpus("audio files", cases, src, root / "store", audio_column="audio", clip_start_column="start",
-                      clip_end_column="end", sample_rate=RATE, audio_seconds=SECONDS, chunk_mb=0.03, workers=0)
+    src = write_parquet(
+        root / "files" / "audio.parquet",
+        {
+            "audio": [c.media for c in cases],
+            "caption": [c.caption for c in cases],
+            "start": pa.array([c.clip[0] for c in cases], pa.float64()),
+            "end": pa.array([c.clip[1] for c in cases], pa.float64()),
+        },
+    )
+    return run_corpus(
+        "audio files",
+        cases,
+        src,
+        root / "store",
+        audio_column="audio",
+        clip_start_column="start",
+        clip_end_column="end",
+        sample_rate=RATE,
+        audio_seconds=SECONDS,
+        chunk_mb=0.03,
+        workers=0,
+    )
 
 
 # --- seeds and mutations for fuzzing ------------------------------------------------------------------------
@@ -722,8 +869,10 @@ def run_audio_corpus(root: Path) -> CorpusResult:
 def image_seeds() -> dict[str, bytes]:
     """Small, valid images in every format and mode family the decoder meets."""
     rgb = Image.fromarray(pixels(12, 10, 1))
-    seeds = {fmt: encode(rgb, fmt) for fmt in ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "TGA", "PPM", "QOI", "PCX",
-                                               "SGI", "DDS", "ICO")}
+    seeds = {
+        fmt: encode(rgb, fmt)
+        for fmt in ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "TGA", "PPM", "QOI", "PCX", "SGI", "DDS", "ICO")
+    }
     seeds["GIF"] = encode(rgb.convert("P"), "GIF")
     seeds["JPEG progressive"] = encode(rgb, "JPEG", progressive=True)
     seeds["JPEG CMYK"] = encode(rgb.convert("CMYK"), "JPEG")
@@ -762,8 +911,7 @@ def audio_seeds() -> dict[str, bytes]:
 
 
 EDITS = ("flip", "byte", "int16", "int32", "cut", "drop", "insert")
-INTERESTING = (0, 1, 2, 7, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFF, 0x10000, 0x7FFFFFFF, 0x80000000,
-               0xFFFFFFFF)
+INTERESTING = (0, 1, 2, 7, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFF, 0x10000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF)
 
 
 def mutate(data: bytes, edits: list[tuple[str, int, int]]) -> bytes:
@@ -789,23 +937,33 @@ def mutate(data: bytes, edits: list[tuple[str, int, int]]) -> bytes:
 
 def random_edits(rng: random.Random) -> list[tuple[str, int, int]]:
     """A few random edits (the report's fuzzing loop)."""
-    return [(rng.choice(EDITS), rng.randrange(2**16),
-             rng.choice(INTERESTING) if rng.random() < 0.5 else rng.randrange(2**32))
-            for _ in range(rng.randint(1, 4))]
+    return [
+        (
+            rng.choice(EDITS),
+            rng.randrange(2**16),
+            rng.choice(INTERESTING) if rng.random() < 0.5 else rng.randrange(2**32),
+        )
+        for _ in range(rng.randint(1, 4))
+    ]
 
 
 # --- output contracts -------------------------------------------------------------------------------------
 
 IMAGE_REASONS = frozenset({"empty-file", "decompression-bomb", "undecodable-image", "bad-array"})
-AUDIO_REASONS = frozenset({"empty-file", "undecodable-audio", "empty-audio", "clip-out-of-range", "non-finite-audio",
-                           "audio-out-of-range"})
+AUDIO_REASONS = frozenset(
+    {"empty-file", "undecodable-audio", "empty-audio", "clip-out-of-range", "non-finite-audio", "audio-out-of-range"}
+)
 
 
 def image_contract(result: tuple[np.ndarray, tuple[int, int]], size: int) -> str | None:
     """None when a decode_image result has the documented shape and types."""
     out, orig = result
-    if not (isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.shape == (size, size, 3)
-            and out.flags.c_contiguous):
+    if not (
+        isinstance(out, np.ndarray)
+        and out.dtype == np.uint8
+        and out.shape == (size, size, 3)
+        and out.flags.c_contiguous
+    ):
         return f"pixels {getattr(out, 'dtype', type(out))} {getattr(out, 'shape', '')}"
     if not (isinstance(orig, tuple) and len(orig) == 2 and all(type(v) is int and v >= 1 for v in orig)):
         return f"orig_size {orig!r}"
@@ -815,8 +973,12 @@ def image_contract(result: tuple[np.ndarray, tuple[int, int]], size: int) -> str
 def audio_contract(result: tuple[np.ndarray, int], options: AudioOptions) -> str | None:
     """None when a decode_audio result has the documented shape, type and padding."""
     out, length = result
-    if not (isinstance(out, np.ndarray) and out.dtype == np.float16 and out.shape == (options.num_samples,)
-            and out.flags.c_contiguous):
+    if not (
+        isinstance(out, np.ndarray)
+        and out.dtype == np.float16
+        and out.shape == (options.num_samples,)
+        and out.flags.c_contiguous
+    ):
         return f"samples {getattr(out, 'dtype', type(out))} {getattr(out, 'shape', '')}"
     if type(length) is not int or not 0 <= length <= options.num_samples:
         return f"true_length {length!r}"
@@ -828,4 +990,3 @@ def audio_contract(result: tuple[np.ndarray, int], options: AudioOptions) -> str
 def bounded_seconds() -> float:
     """Longest one fuzzed decode may take (generous: two shared cores)."""
     return 10.0
-

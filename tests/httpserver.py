@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from socketserver import TCPServer
-from typing import Literal, Union
+from typing import Literal
 
 __all__ = ["Request", "Response", "TestServer", "parse_range", "static_response"]
 
@@ -91,7 +91,7 @@ class Response:
     status: int = 200
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
-    content_length: int | None | Literal["auto"] = AUTO
+    content_length: int | Literal["auto"] | None = AUTO
     chunked: bool = False
     delay: float = 0.0
     stall_after: int | None = None
@@ -112,7 +112,7 @@ class Response:
 
 
 Handler = Callable[[Request], Response]
-Script = Union[Handler, Response, bytes, int, Sequence[Union[Response, bytes, int]]]
+Script = Handler | Response | bytes | int | Sequence[Response | bytes | int]
 
 
 def _as_response(item: Response | bytes | int) -> Response:
@@ -137,7 +137,7 @@ def _handler(script: Script) -> Handler:
     return lambda request: items[min(next(counter), len(items) - 1)]
 
 
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None | Literal["unsatisfiable"]:
+def parse_range(header: str | None, size: int) -> tuple[int, int] | Literal["unsatisfiable"] | None:
     """Interpret a single ``Range: bytes=...`` header for a file of ``size`` bytes.
 
     Returns
@@ -226,10 +226,10 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.server.owner._track(self.connection, False)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         owner = self.server.owner
         length = int(self.headers.get("Content-Length") or 0)
         path, _, query = self.path.partition("?")
@@ -251,7 +251,7 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:  # the client went away
             self.close_connection = True
 
-    do_HEAD = do_POST = do_PUT = do_DELETE = do_GET  # noqa: N815
+    do_HEAD = do_POST = do_PUT = do_DELETE = do_GET
 
     def _send(self, response: Response) -> None:
         body = response.body
@@ -350,8 +350,10 @@ class TestServer:
         self.port: int = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-            name=f"TestServer:{self.port}", daemon=True,
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"TestServer:{self.port}",
+            daemon=True,
         )
         self._thread.start()
 

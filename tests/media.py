@@ -32,8 +32,9 @@ def image_bytes(height: int = 32, width: int = 32, seed: int = 0, fmt: str = "PN
     return buf.getvalue()
 
 
-def write_image(path: str | os.PathLike[str], height: int = 32, width: int = 32, seed: int = 0,
-                fmt: str = "PNG") -> Path:
+def write_image(
+    path: str | os.PathLike[str], height: int = 32, width: int = 32, seed: int = 0, fmt: str = "PNG"
+) -> Path:
     """Write :func:`image_bytes` to ``path`` (parents created); return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,8 +42,9 @@ def write_image(path: str | os.PathLike[str], height: int = 32, width: int = 32,
     return path
 
 
-def sine(sample_rate: int, seconds: float, freq: float = 440.0, channels: int = 1,
-         amplitude: float = 0.5) -> np.ndarray:
+def sine(
+    sample_rate: int, seconds: float, freq: float = 440.0, channels: int = 1, amplitude: float = 0.5
+) -> np.ndarray:
     """A float32 sine, ``(frames,)`` or ``(frames, channels)`` (channel c at ``freq * (c + 1)``)."""
     t = np.arange(round(sample_rate * seconds)) / sample_rate
     waves = [amplitude * np.sin(2 * np.pi * freq * (c + 1) * t) for c in range(channels)]
@@ -50,17 +52,23 @@ def sine(sample_rate: int, seconds: float, freq: float = 440.0, channels: int = 
     return data.astype(np.float32)
 
 
-def audio_bytes(sample_rate: int = 8000, seconds: float = 1.0, freq: float = 440.0, fmt: str = "WAV",
-                channels: int = 1, subtype: str | None = None) -> bytes:
+def audio_bytes(
+    sample_rate: int = 8000,
+    seconds: float = 1.0,
+    freq: float = 440.0,
+    fmt: str = "WAV",
+    channels: int = 1,
+    subtype: str | None = None,
+) -> bytes:
     """An encoded recording of :func:`sine` (``WAV`` PCM_16 or ``FLAC``)."""
     buf = io.BytesIO()
-    sf.write(buf, sine(sample_rate, seconds, freq, channels), sample_rate, format=fmt,
-             subtype=subtype or "PCM_16")
+    sf.write(buf, sine(sample_rate, seconds, freq, channels), sample_rate, format=fmt, subtype=subtype or "PCM_16")
     return buf.getvalue()
 
 
-def write_audio(path: str | os.PathLike[str], sample_rate: int = 8000, seconds: float = 1.0,
-                freq: float = 440.0, channels: int = 1) -> Path:
+def write_audio(
+    path: str | os.PathLike[str], sample_rate: int = 8000, seconds: float = 1.0, freq: float = 440.0, channels: int = 1
+) -> Path:
     """Write :func:`audio_bytes` to ``path``, the format taken from the suffix."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

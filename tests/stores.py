@@ -37,15 +37,25 @@ def build_image_store(root: Path, n: int = SAMPLES, seed: int = 0) -> Path:
 
     images = [png(seed * 1000 + i) for i in range(n)]
     images[BAD_ROW] = b"not an image"
-    source = datasets.Dataset.from_dict({
-        "image": images,
-        "caption": [[f"cap {seed}-{i}", f"alt {i} é"] for i in range(n)],
-        "meta": [{"id": i, "tag": "x" * (i % 3)} for i in range(n)],
-    })
+    source = datasets.Dataset.from_dict(
+        {
+            "image": images,
+            "caption": [[f"cap {seed}-{i}", f"alt {i} é"] for i in range(n)],
+            "meta": [{"id": i, "tag": "x" * (i % 3)} for i in range(n)],
+        }
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(datasets.config, "HF_DATASETS_CACHE", str(root.parent / f"hf-cache-{root.name}"))
-        convert(source, root, image_column="image", image_size=SIZE, keep_columns=["meta"],
-                               chunk_mb=CHUNK_BYTES / 2**20, workers=0, progress=False)
+        convert(
+            source,
+            root,
+            image_column="image",
+            image_size=SIZE,
+            keep_columns=["meta"],
+            chunk_mb=CHUNK_BYTES / 2**20,
+            workers=0,
+            progress=False,
+        )
     return root
 
 
@@ -65,11 +75,11 @@ def snapshot(store: Store) -> dict[str, Any]:
 
 def assert_same_values(a: dict[str, Any], b: dict[str, Any]) -> None:
     assert sorted(a) == sorted(b)
-    for key in a:
-        if isinstance(a[key], np.ndarray):
-            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    for key, value in a.items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(value, b[key], err_msg=key)
         else:
-            assert a[key] == b[key], key
+            assert value == b[key], key
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
@@ -97,8 +107,11 @@ def copy_tree(src: Path, dst: Path) -> Path:
 
 def chunk_files_bytes(cache: Path) -> int:
     """Bytes of chunk files (anything under a ``c/`` directory) in a cache directory."""
-    return sum(p.stat().st_size for p in cache.rglob("*") if p.is_file() and f"{os.sep}c{os.sep}" in str(p)
-               and not p.name.startswith("."))
+    return sum(
+        p.stat().st_size
+        for p in cache.rglob("*")
+        if p.is_file() and f"{os.sep}c{os.sep}" in str(p) and not p.name.startswith(".")
+    )
 
 
 def batch_items(ds: Any, indices: list[int], index: bool = True) -> list[dict[str, Any]]:
@@ -106,8 +119,10 @@ def batch_items(ds: Any, indices: list[int], index: bool = True) -> list[dict[st
     from tensorstore_ds import collate
 
     batch = collate(ds.__getitems__(indices))
-    return [{k: (v[i].numpy() if hasattr(v, "numpy") else v[i]) for k, v in batch.items() if index or k != "index"}
-            for i in range(len(indices))]
+    return [
+        {k: (v[i].numpy() if hasattr(v, "numpy") else v[i]) for k, v in batch.items() if index or k != "index"}
+        for i in range(len(indices))
+    ]
 
 
 def assert_same_items(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> None:

@@ -20,8 +20,7 @@ import torch.utils.data
 from PIL import Image
 from torch.utils.data import DataLoader
 
-import tensorstore_ds.compat as compat
-from tensorstore_ds import open_store
+from tensorstore_ds import compat, open_store
 from tensorstore_ds.compat import (
     InMemoryAudioTextDataset,
     InMemoryImageTextDataset,
@@ -29,8 +28,8 @@ from tensorstore_ds.compat import (
     collate_in_memory_audio,
     collate_in_memory_images,
 )
-from tensorstore_ds.serve import ring
 from tensorstore_ds.errors import OptionsError, StoreLockedError
+from tensorstore_ds.serve import ring
 from tests.httpserver import TestServer
 from tests.media import audio_bytes, audio_struct, isolate_hf_cache, write_image
 
@@ -39,10 +38,23 @@ convert_module = importlib.import_module("tensorstore_ds.conversion.api")
 
 ROOT = Path(__file__).resolve().parents[1]
 EMPTY = inspect.Parameter.empty
-SEED_IMAGE = [("hf_dataset", EMPTY), ("img_col", "image_url"), ("txt_col", "caption"), ("max_samples", None),
-              ("image_size", (224, 224)), ("num_workers", None)]
-SEED_AUDIO = [("hf_dataset", EMPTY), ("audio_col", "audio"), ("txt_col", "caption"), ("max_samples", None),
-              ("target_sr", 16000), ("max_duration", 30.0), ("num_workers", None)]
+SEED_IMAGE = [
+    ("hf_dataset", EMPTY),
+    ("img_col", "image_url"),
+    ("txt_col", "caption"),
+    ("max_samples", None),
+    ("image_size", (224, 224)),
+    ("num_workers", None),
+]
+SEED_AUDIO = [
+    ("hf_dataset", EMPTY),
+    ("audio_col", "audio"),
+    ("txt_col", "caption"),
+    ("max_samples", None),
+    ("target_sr", 16000),
+    ("max_duration", 30.0),
+    ("num_workers", None),
+]
 EXTRAS = [("cache_dir", None), ("keep_placeholders", False), ("memory_budget", "auto")]
 IMAGES, DEAD_ROW, SMALL = 7, 2, (32, 32)
 CLIPS, BAD_CLIP = 4, 1
@@ -54,8 +66,9 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     isolate_hf_cache(monkeypatch, tmp_path)
     monkeypatch.setenv(compat.CACHE_ENV, str(tmp_path / "cache"))
     plain = convert_module.ConvertOptions.fetch_options
-    monkeypatch.setattr(convert_module.ConvertOptions, "fetch_options",
-                        lambda self: dataclasses.replace(plain(self), retries=0))
+    monkeypatch.setattr(
+        convert_module.ConvertOptions, "fetch_options", lambda self: dataclasses.replace(plain(self), retries=0)
+    )
     return tmp_path / "cache"
 
 
@@ -75,8 +88,9 @@ def pixmo(tmp_path: Path, http_server: TestServer) -> datasets.Dataset:
     urls = [http_server.url_for(f"/img/{i}.jpg") for i in range(IMAGES)]
     urls[DEAD_ROW] = dead_url()
     captions = [[f"photo {i}", f"second caption {i}"] for i in range(IMAGES)]
-    return datasets.Dataset.from_dict({"image_url": urls, "caption": captions,
-                                       "alt": [f"alt {i}" for i in range(IMAGES)]})
+    return datasets.Dataset.from_dict(
+        {"image_url": urls, "caption": captions, "alt": [f"alt {i}" for i in range(IMAGES)]}
+    )
 
 
 @pytest.fixture
@@ -84,13 +98,18 @@ def musiccaps() -> datasets.Dataset:
     """A MusicCaps-style dataset: an embedded Audio column (row 1 undecodable), dict captions."""
     blobs = [audio_bytes(8000, 0.5, freq=300.0 + 100 * i) for i in range(CLIPS)]
     blobs[BAD_CLIP] = b"this is not audio"
-    table = pa.table({"audio": audio_struct([(b, f"{i}.wav") for i, b in enumerate(blobs)]),
-                      "caption": [{"raw": f"tune {i}", "lang": "en"} for i in range(CLIPS)]})
+    table = pa.table(
+        {
+            "audio": audio_struct([(b, f"{i}.wav") for i, b in enumerate(blobs)]),
+            "caption": [{"raw": f"tune {i}", "lang": "en"} for i in range(CLIPS)],
+        }
+    )
     return datasets.Dataset(table).cast_column("audio", datasets.Audio(decode=False))
 
 
 def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make any conversion or decoding raise."""
+
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a cache hit must not convert or decode")
 
@@ -102,14 +121,15 @@ def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- the seed's interface -----------------------------------------------------------
 
 
-@pytest.mark.parametrize(("cls", "seed"), [(InMemoryImageTextDataset, SEED_IMAGE),
-                                           (InMemoryAudioTextDataset, SEED_AUDIO)])
+@pytest.mark.parametrize(
+    ("cls", "seed"), [(InMemoryImageTextDataset, SEED_IMAGE), (InMemoryAudioTextDataset, SEED_AUDIO)]
+)
 def test_signatures_match_the_seed(cls: type, seed: list[tuple[str, Any]]) -> None:
     params = list(inspect.signature(cls).parameters.values())
     assert [(p.name, p.default) for p in params[: len(seed)]] == seed
     assert all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params[: len(seed)])
-    assert [(p.name, p.default) for p in params[len(seed):]] == EXTRAS
-    assert all(p.kind is p.KEYWORD_ONLY for p in params[len(seed):])
+    assert [(p.name, p.default) for p in params[len(seed) :]] == EXTRAS
+    assert all(p.kind is p.KEYWORD_ONLY for p in params[len(seed) :])
 
 
 def test_image_items_and_batches(pixmo: datasets.Dataset) -> None:
@@ -250,13 +270,20 @@ def test_cache_hit_in_another_process(pixmo: datasets.Dataset, tmp_path: Path) -
         "print(ds.converted_now, len(ds), ds.store_path)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "saved")], env=env, capture_output=True,
-                         text=True, timeout=120, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "saved")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.split()
     assert out == ["False", str(len(first)), str(first.store_path)]
 
 
-def test_convert_returns_a_finished_store_without_decoding(pixmo: datasets.Dataset, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_convert_returns_a_finished_store_without_decoding(
+    pixmo: datasets.Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     options = {"image_column": "image_url", "image_size": 16, "workers": 0, "progress": False}
     manifest = convert_module.convert(pixmo, tmp_path / "store", **options)
     no_decoding(monkeypatch)
@@ -318,8 +345,7 @@ def test_image_placeholders(pixmo: datasets.Dataset) -> None:
 
 
 def test_audio_placeholders(musiccaps: datasets.Dataset) -> None:
-    ds = InMemoryAudioTextDataset(musiccaps, target_sr=8000, max_duration=1.0, num_workers=0,
-                                  keep_placeholders=True)
+    ds = InMemoryAudioTextDataset(musiccaps, target_sr=8000, max_duration=1.0, num_workers=0, keep_placeholders=True)
     assert len(ds) == CLIPS and ds.failed_indices == [BAD_CLIP]
     silence = ds[BAD_CLIP]
     assert silence["caption"] == f"tune {BAD_CLIP}"

@@ -28,6 +28,9 @@ from tensorstore_ds.conversion.api import convert
 from tensorstore_ds.conversion.decode import decode_sample
 from tensorstore_ds.conversion.decode.audio import AudioOptions, decode_audio
 from tensorstore_ds.conversion.decode.image import ImageOptions, decode_image
+from tensorstore_ds.conversion.fetch import Fetcher, FetchOptions
+from tensorstore_ds.conversion.pipeline import Pipeline, Task
+from tensorstore_ds.conversion.writer import Column, Plan, StoreWriter
 from tensorstore_ds.errors import (
     ColumnNotFoundError,
     OptionsError,
@@ -37,11 +40,8 @@ from tensorstore_ds.errors import (
     StoreIncompleteError,
     StoreLockedError,
 )
-from tensorstore_ds.conversion.fetch import Fetcher, FetchOptions
 from tensorstore_ds.format.manifest import WORK_DIR
-from tensorstore_ds.conversion.pipeline import Pipeline, Task
 from tensorstore_ds.store.store import open_store
-from tensorstore_ds.conversion.writer import Column, Plan, StoreWriter
 from tests.httpserver import Response, TestServer
 from tests.media import audio_bytes, audio_struct, image_bytes, isolate_hf_cache, write_audio, write_image
 from tests.stores import store_bytes
@@ -129,7 +129,9 @@ def test_image_urls_with_failures(tmp_path: Path, http_server: TestServer) -> No
     ]
     assert all(f["detail"] for f in failures)
     assert manifest.counts == {
-        "rows_read": 8, "converted": 3, "failed": 5,
+        "rows_read": 8,
+        "converted": 3,
+        "failed": 5,
         "failed_by_reason": {"connection-error": 1, "http-404": 1, "missing-caption": 2, "not-media": 1},
     }
     assert http_server.hits["/img/6.png"] == 0 and http_server.hits["/img/4.png"] == 0
@@ -174,10 +176,9 @@ def test_dict_captions_use_raw(tmp_path: Path) -> None:
 
 def test_every_unicode_plane_survives(tmp_path: Path) -> None:
     planes = "".join(chr(plane * 0x10000 + 0x4E2D) for plane in range(17))  # one code point in each plane
-    text = "é中😀" + planes + "\U0010ffff\u200d\ufeff\x00\n\t\"\\"
+    text = "é中😀" + planes + '\U0010ffff\u200d\ufeff\x00\n\t"\\'
     names = local_images(tmp_path, 2)
-    src = write_parquet(tmp_path / "src.parquet", {"image": names, "caption": [text, text[::-1]],
-                                                   "note": [text, None]})
+    src = write_parquet(tmp_path / "src.parquet", {"image": names, "caption": [text, text[::-1]], "note": [text, None]})
     convert(src, tmp_path / "out", keep_columns=("note",), **FAST)
     store = open_store(tmp_path / "out")
     assert store.captions.take([0, 1]) == [text, text[::-1]]
@@ -186,10 +187,16 @@ def test_every_unicode_plane_survives(tmp_path: Path) -> None:
 
 def test_keep_columns_and_limit(tmp_path: Path) -> None:
     names = local_images(tmp_path, 5)
-    src = write_parquet(tmp_path / "src.parquet", {
-        "image": names, "caption": list("abcde"), "ytid": [f"id{i}" for i in range(5)],
-        "aspect_list": [["x", "y"], [], ["z"], ["w"], ["v"]], "score": [0.5, 1.0, None, 2.0, 3.0],
-    })
+    src = write_parquet(
+        tmp_path / "src.parquet",
+        {
+            "image": names,
+            "caption": list("abcde"),
+            "ytid": [f"id{i}" for i in range(5)],
+            "aspect_list": [["x", "y"], [], ["z"], ["w"], ["v"]],
+            "score": [0.5, 1.0, None, 2.0, 3.0],
+        },
+    )
     manifest = convert(src, tmp_path / "out", keep_columns="ytid,aspect_list,score", limit=3, **FAST)
     assert manifest.counts["rows_read"] == 3
     assert manifest.options["keep_columns"] == ["ytid", "aspect_list", "score"] and manifest.options["limit"] == 3
@@ -218,8 +225,11 @@ def test_kept_column_name_unsafe_as_a_path_is_refused(tmp_path: Path) -> None:
 
 def test_missing_columns_are_named_with_the_available_ones(tmp_path: Path) -> None:
     src = write_parquet(tmp_path / "src.parquet", {"image_url": ["http://x/a.png"], "caption": ["c"]})
-    with pytest.raises(ColumnNotFoundError, match=r"caption column 'text' is not in the source; "
-                                                 r"available columns: 'image_url', 'caption'"):
+    with pytest.raises(
+        ColumnNotFoundError,
+        match=r"caption column 'text' is not in the source; "
+        r"available columns: 'image_url', 'caption'",
+    ):
         convert(src, tmp_path / "out", caption_column="text", **FAST)
     with pytest.raises(ColumnNotFoundError, match="kept column 'ytid'.*'image_url', 'caption'"):
         convert(src, tmp_path / "out", keep_columns=("ytid",), **FAST)
@@ -270,7 +280,7 @@ def check_clips(out: Path, read: list[tuple[Any, tuple[float, float]]]) -> None:
         # Same rate, no resampling: the window is exactly the file's frames from the clip start, as float16.
         frames, _ = sf.read(source if isinstance(source, str) else io.BytesIO(source), dtype="float32")
         start, length = round(clip[0] * RATE), lengths[row]
-        np.testing.assert_array_equal(audio[row, :length], frames[start:start + length].astype(np.float16))
+        np.testing.assert_array_equal(audio[row, :length], frames[start : start + length].astype(np.float16))
         assert not audio[row, length:].any()
     assert store.text("aspect_list").take(range(3)) == [["piano"], ["drums", "loud"], []]
     failures = store.failures()
@@ -283,9 +293,17 @@ def test_musiccaps_audio_dir_template_and_clips(tmp_path: Path) -> None:
     for i, ytid in enumerate(["aaa", "bbb", "ccc", "eee"]):  # no ddd.wav
         write_audio(audio_dir / f"{ytid}.wav", RATE, 3.0, freq=220.0 * (i + 1))
     src = write_parquet(tmp_path / "musiccaps.parquet", musiccaps_rows())
-    manifest = convert(src, tmp_path / "out", audio_dir=str(audio_dir), audio_template="{ytid}.wav",
-                       clip_start_column="start_s", clip_end_column="end_s", keep_columns=("aspect_list",),
-                       caption_column="caption", **CLIP)
+    manifest = convert(
+        src,
+        tmp_path / "out",
+        audio_dir=str(audio_dir),
+        audio_template="{ytid}.wav",
+        clip_start_column="start_s",
+        clip_end_column="end_s",
+        keep_columns=("aspect_list",),
+        caption_column="caption",
+        **CLIP,
+    )
     assert manifest.options["media"] == "audio" and manifest.options["media_column"] is None
     check_clips(tmp_path / "out", [(str(audio_dir / f"{y}.wav"), c) for y, c in zip(["aaa", "bbb", "ccc"], CLIPS)])
 
@@ -304,8 +322,15 @@ def test_musiccaps_embedded_audio_column(tmp_path: Path, hf_features: bool) -> N
         assert type(loaded.features["audio"]).__name__ == "Audio"
     else:
         src = write_parquet(tmp_path / "embedded.parquet", table)
-    convert(src, tmp_path / "out", audio_column="audio", clip_start_column="start_s", clip_end_column="end_s",
-            keep_columns=("aspect_list",), **CLIP)
+    convert(
+        src,
+        tmp_path / "out",
+        audio_column="audio",
+        clip_start_column="start_s",
+        clip_end_column="end_s",
+        keep_columns=("aspect_list",),
+        **CLIP,
+    )
     check_clips(tmp_path / "out", [(blobs[i], clip) for i, clip in enumerate(CLIPS)])
 
 
@@ -355,8 +380,9 @@ def test_failures_after_the_last_full_chunk_leave_no_stray_chunk(tmp_path: Path)
     names = local_images(tmp_path, 4, bad={2: "img/a.png", 3: "img/b.png"})
     src = write_parquet(tmp_path / "src.parquet", {"image": names, "caption": list("abcd")})
     convert(src, tmp_path / "out", **FAST)
-    chunks = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out" / "images").rglob("*")
-                    if p.is_file())
+    chunks = sorted(
+        p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out" / "images").rglob("*") if p.is_file()
+    )
     assert chunks == ["images/c/0/0/0/0", "images/zarr.json"]
     assert len(open_store(tmp_path / "out").failures()) == 2
 
@@ -386,8 +412,13 @@ def run_cli_until_done(args: list[str], env: dict[str, str], state: Path, rng: r
     kills = 0
     for attempt in range(12):
         wait_for = committed_chunks(state) + rng.choice([1, 2, 3, 5, 8])
-        proc = subprocess.Popen([sys.executable, "-m", "tensorstore_ds", *args], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tensorstore_ds", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         if attempt < 4:
             while proc.poll() is None:
                 if committed_chunks(state) >= wait_for:
@@ -491,7 +522,7 @@ def test_stock_zarr_reads_the_store(tmp_path: Path) -> None:
     np.testing.assert_array_equal(group["image_size"][:], np.asarray(store.array("image_size")))
     offsets = group["text/caption/offsets"][:]
     data = group["text/caption/bytes"]
-    assert [bytes(data[offsets[i]:offsets[i + 1]]).decode() for i in range(5)] == captions
+    assert [bytes(data[offsets[i] : offsets[i + 1]]).decode() for i in range(5)] == captions
     assert group.attrs["tensorstore_ds"]["format_version"] == 1
 
 
@@ -531,7 +562,7 @@ def test_pipeline_keeps_order_and_reports_decoder_bugs(http_server: TestServer) 
         try:
             with Pipeline(broken_decode, 0, Fetcher(FetchOptions(retries=0)), 4) as pipe:
                 list(pipe.map(tasks[:3]))
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+        except BaseException as exc:
             caught.append(exc)
 
     thread = threading.Thread(target=run, daemon=True)
@@ -548,8 +579,22 @@ def test_cli_convert_info_and_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
     names = local_images(tmp_path, 4, bad={1: "img/gone.png"})
     src = write_parquet(tmp_path / "src.parquet", {"image": names, "caption": list("abcd"), "ytid": list("wxyz")})
     out = tmp_path / "out"
-    status = main(["convert", src, str(out), "--image-size", str(SIZE), "--chunk-mb", "0.002", "--workers", "0",
-                   "--keep-columns", "ytid", "--no-progress"])
+    status = main(
+        [
+            "convert",
+            src,
+            str(out),
+            "--image-size",
+            str(SIZE),
+            "--chunk-mb",
+            "0.002",
+            "--workers",
+            "0",
+            "--keep-columns",
+            "ytid",
+            "--no-progress",
+        ]
+    )
     captured = capsys.readouterr()
     assert status == 0, captured.err
     assert f"store {out}: 3 samples converted, 1 failed" in captured.out

@@ -28,18 +28,19 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tensorstore_ds.conversion.api import convert
 from tensorstore_ds import TensorStoreDataset, open_store, verify
 from tensorstore_ds.cli import main
+from tensorstore_ds.conversion.api import convert
 from tensorstore_ds.errors import StoreIncompleteError, StoreLockedError, StoreWriteError
 from tensorstore_ds.format.manifest import MANIFEST, WORK_DIR
 from tensorstore_ds.serve.shm import PREFIX
@@ -122,8 +123,16 @@ class Zygote:
 
     def __init__(self, env: dict[str, str]) -> None:
         self.stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen([sys.executable, "-c", ZYGOTE], cwd=ROOT, env=env, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.stderr, text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", ZYGOTE],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            bufsize=1,
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         if self.readline(120) != "ready":
@@ -195,8 +204,16 @@ class KillResult:
     seconds: float = 0.0
 
 
-def kill_loop(src: str, out_root: Path, args: list[str], env: dict[str, str], kills: int, seed: int,
-              cli_kills: int = 2, run_seconds: float = 0.6) -> KillResult:
+def kill_loop(
+    src: str,
+    out_root: Path,
+    args: list[str],
+    env: dict[str, str],
+    kills: int,
+    seed: int,
+    cli_kills: int = 2,
+    run_seconds: float = 0.6,
+) -> KillResult:
     """Convert ``src``, SIGKILLing the converter at random moments until ``kills`` kills, then finish.
 
     A conversion that finishes despite the kills ends a round; the next round
@@ -233,8 +250,13 @@ def kill_loop(src: str, out_root: Path, args: list[str], env: dict[str, str], ki
     out = out_root / "round-0"
     result.outs.append(out)
     for _ in range(cli_kills):  # real CLI processes, killed once they have started converting
-        proc = subprocess.Popen([sys.executable, "-m", "tensorstore_ds", "convert", src, str(out), *args], cwd=ROOT,
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tensorstore_ds", "convert", src, str(out), *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         while proc.poll() is None and not (out / WORK_DIR / "state.json").exists():
             time.sleep(0.002)
         before = committed(out)
@@ -243,8 +265,12 @@ def kill_loop(src: str, out_root: Path, args: list[str], env: dict[str, str], ki
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
         _, err = proc.communicate(timeout=120)
-        record(where, proc.returncode == -signal.SIGKILL,
-               f"the CLI failed: {err.decode()[-500:]}" if proc.returncode not in (0, -signal.SIGKILL) else None, True)
+        record(
+            where,
+            proc.returncode == -signal.SIGKILL,
+            f"the CLI failed: {err.decode()[-500:]}" if proc.returncode not in (0, -signal.SIGKILL) else None,
+            True,
+        )
 
     zygote = Zygote(env)
     try:
@@ -348,8 +374,8 @@ class _Limited:
 
 
 def on_disk(monkeypatch: pytest.MonkeyPatch, disk: Disk) -> None:
-    import tensorstore_ds.format.layout
     import tensorstore_ds.conversion.writer
+    import tensorstore_ds.format.layout
 
     for module in (tensorstore_ds.format.layout, tensorstore_ds.conversion.writer):
         monkeypatch.setattr(module, "open", disk.open, raising=False)
@@ -358,8 +384,9 @@ def on_disk(monkeypatch: pytest.MonkeyPatch, disk: Disk) -> None:
 FAST: dict[str, Any] = {"image_size": 8, "chunk_mb": 0.0004, "workers": 0, "progress": False}  # 2 rows a chunk
 
 
-def test_disk_full_is_a_clear_error_and_the_rerun_completes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_disk_full_is_a_clear_error_and_the_rerun_completes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = image_source(tmp_path / "src", 40)
     measure = Disk(float("inf"))
     with monkeypatch.context() as mp:
@@ -387,12 +414,15 @@ def test_disk_full_is_a_clear_error_and_the_rerun_completes(tmp_path: Path, monk
     out = tmp_path / "cli"
     with monkeypatch.context() as mp:
         on_disk(mp, Disk(int(total * 0.5)))
-        status = main(["convert", src, str(out), "--image-size", "8", "--chunk-mb", "0.0004", "--workers", "0",
-                       "--no-progress"])
+        status = main(
+            ["convert", src, str(out), "--image-size", "8", "--chunk-mb", "0.0004", "--workers", "0", "--no-progress"]
+        )
     last = capsys.readouterr().err.strip().splitlines()[-1].split("\r")[-1]
-    assert status == 2 and last.startswith(f"tensorstore-ds convert: error: writing store {out} failed: No space")
-    assert main(["convert", src, str(out), "--image-size", "8", "--chunk-mb", "0.0004", "--workers", "0",
-                 "--no-progress"]) == 0
+    assert status == 1 and last.startswith(f"tensorstore-ds convert: error: writing store {out} failed: No space")
+    assert (
+        main(["convert", src, str(out), "--image-size", "8", "--chunk-mb", "0.0004", "--workers", "0", "--no-progress"])
+        == 0
+    )
     assert differences(out, tmp_path / "ref") == []
 
 
@@ -416,34 +446,67 @@ def test_second_converter_is_locked_out_and_readers_wait(tmp_path: Path, http_se
         def handler(request: Any) -> Response:
             gate.wait(60)  # the first converter blocks here, holding the store's lock
             return Response(200, bodies[i], {"Content-Type": "image/png"})
+
         return handler
 
     for i in range(n):
         http_server.route(f"/{i}.png", gated(i))
     src = tmp_path / "urls.parquet"
-    pq.write_table(pa.table({"image_url": [http_server.url_for(f"/{i}.png") for i in range(n)],
-                             "caption": [f"c{i}" for i in range(n)]}), src)
+    pq.write_table(
+        pa.table(
+            {"image_url": [http_server.url_for(f"/{i}.png") for i in range(n)], "caption": [f"c{i}" for i in range(n)]}
+        ),
+        src,
+    )
     out = tmp_path / "out"
-    args = ["convert", str(src), str(out), "--image-size", "8", "--chunk-mb", "0.0004", "--workers", "0",
-            "--fetch-concurrency", "2", "--retries", "0", "--no-progress"]
+    args = [
+        "convert",
+        str(src),
+        str(out),
+        "--image-size",
+        "8",
+        "--chunk-mb",
+        "0.0004",
+        "--workers",
+        "0",
+        "--fetch-concurrency",
+        "2",
+        "--retries",
+        "0",
+        "--no-progress",
+    ]
     env = dict(os.environ)
-    first = subprocess.Popen([sys.executable, "-m", "tensorstore_ds", *args], cwd=ROOT, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "tensorstore_ds", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 60
         while lock_holder(out) != first.pid or http_server.hits["/0.png"] == 0:
             assert first.poll() is None and time.monotonic() < deadline, "the first converter did not start"
             time.sleep(0.01)
         # Readers are refused while the conversion runs.
-        for read in (lambda: open_store(out), lambda: verify(out, progress=False),
-                     lambda: TensorStoreDataset(out, mode="paged", progress=False),
-                     lambda: TensorStoreDataset(out, mode="ram", memory_budget="1GiB", progress=False)):
+        for read in (
+            lambda: open_store(out),
+            lambda: verify(out, progress=False),
+            lambda: TensorStoreDataset(out, mode="paged", progress=False),
+            lambda: TensorStoreDataset(out, mode="ram", memory_budget="1GiB", progress=False),
+        ):
             with pytest.raises(StoreIncompleteError, match="unfinished"):
                 read()
         # A second converter is refused, as a process and in-process, naming the holder.
-        second = subprocess.run([sys.executable, "-m", "tensorstore_ds", *args], cwd=ROOT, env=env,
-                                capture_output=True, text=True, timeout=120)
-        assert second.returncode == 2, second.stderr
+        second = subprocess.run(
+            [sys.executable, "-m", "tensorstore_ds", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert second.returncode == 1, second.stderr
         assert f"being converted by process {first.pid}" in second.stderr
         with pytest.raises(StoreLockedError, match=f"process {first.pid}"):
             convert(str(src), out, image_size=8, chunk_mb=0.0004, workers=0, progress=False)
@@ -454,11 +517,20 @@ def test_second_converter_is_locked_out_and_readers_wait(tmp_path: Path, http_se
     with pytest.raises(StoreIncompleteError):
         open_store(out)
     # The crashed holder's lock went with its process: the rerun takes over and finishes.
-    done = subprocess.run([sys.executable, "-m", "tensorstore_ds", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "tensorstore_ds", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
-    convert(str(src), tmp_path / "ref", image_size=8, chunk_mb=0.0004, workers=0, progress=False,
-                           fetch_concurrency=2, retries=0)
+    convert(
+        str(src),
+        tmp_path / "ref",
+        image_size=8,
+        chunk_mb=0.0004,
+        workers=0,
+        progress=False,
+        fetch_concurrency=2,
+        retries=0,
+    )
     assert differences(out, tmp_path / "ref") == []
     assert len(open_store(out)) == n and verify(out, progress=False).ok
 
@@ -474,8 +546,13 @@ def read_everything(path: str, mode: str, barrier: Any, results: Any) -> None:
         from tensorstore_ds import ChunkShuffleSampler, TensorStoreDataset, collate
 
         barrier.wait(120)
-        ds = TensorStoreDataset(path, fields=["image", "caption", "source_row"], mode=mode,
-                                memory_budget="1GiB" if mode == "ram" else "4KiB", progress=False)
+        ds = TensorStoreDataset(
+            path,
+            fields=["image", "caption", "source_row"],
+            mode=mode,
+            memory_budget="1GiB" if mode == "ram" else "4KiB",
+            progress=False,
+        )
         loader = DataLoader(ds, batch_size=5, sampler=ChunkShuffleSampler(ds, seed=os.getpid()), collate_fn=collate)
         rows: dict[int, tuple[bytes, str]] = {}
         for batch in loader:
@@ -486,7 +563,7 @@ def read_everything(path: str, mode: str, barrier: Any, results: Any) -> None:
         for i in sorted(rows):
             digest.update(rows[i][0] + rows[i][1].encode())
         results.put((mode, os.getpid(), len(rows), digest.hexdigest(), ds.mode))
-    except BaseException as exc:  # noqa: BLE001 - reported to the test
+    except BaseException as exc:
         results.put((mode, os.getpid(), -1, f"{type(exc).__name__}: {exc}", ""))
 
 
@@ -501,8 +578,9 @@ def test_many_concurrent_readers(tmp_path: Path) -> None:
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(4), context.Queue()
     modes = ["paged", "ram", "paged", "ram"]
-    procs = [context.Process(target=read_everything, args=(str(tmp_path / "store"), m, barrier, results))
-             for m in modes]
+    procs = [
+        context.Process(target=read_everything, args=(str(tmp_path / "store"), m, barrier, results)) for m in modes
+    ]
     for p in procs:
         p.start()
     got = [results.get(timeout=180) for _ in procs]
@@ -575,8 +653,15 @@ def kill_a_dataloader_worker(store: Path, mode: str) -> WorkerKill:
     before = set(os.listdir("/dev/shm"))
     ds = DyingDataset(store, mode=mode, memory_budget="1GiB" if mode == "ram" else "8KiB", progress=False)
     result.samples = len(ds)
-    loader = DataLoader(ds, batch_size=4, sampler=ChunkShuffleSampler(ds, seed=1), collate_fn=collate,
-                        num_workers=2, multiprocessing_context="fork", prefetch_factor=1)
+    loader = DataLoader(
+        ds,
+        batch_size=4,
+        sampler=ChunkShuffleSampler(ds, seed=1),
+        collate_fn=collate,
+        num_workers=2,
+        multiprocessing_context="fork",
+        prefetch_factor=1,
+    )
     pids = {os.getpid()}
     iterator = iter(loader)
     torch_handler = signal.getsignal(signal.SIGCHLD)  # torch's: it raises when a worker dies
@@ -585,7 +670,7 @@ def kill_a_dataloader_worker(store: Path, mode: str) -> WorkerKill:
             pids.update(w.pid for w in iterator._workers)  # type: ignore[attr-defined]
             for batch in iterator:
                 result.served += len(batch["index"])
-        except Exception as exc:  # noqa: BLE001 - the caller judges it
+        except Exception as exc:
             result.error = f"{type(exc).__name__}: {exc}"
         # Torch's SIGCHLD handler would raise again, anywhere, while the other worker is shut down.
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)

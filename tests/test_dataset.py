@@ -10,9 +10,10 @@ import os
 import pickle
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,7 +24,6 @@ from torch.utils.data import DataLoader
 import tensorstore_ds
 import tensorstore_ds.serve.budget
 from tensorstore_ds import ChunkShuffleSampler, TensorStoreDataset, collate, open_store
-from tensorstore_ds.units import format_bytes
 from tensorstore_ds.errors import (
     BudgetError,
     OptionsError,
@@ -31,8 +31,9 @@ from tensorstore_ds.errors import (
     StoreIncompleteError,
     StoreNotFoundError,
 )
-from tensorstore_ds.store.chunked import ChunkedArray
 from tensorstore_ds.serve.shm import PREFIX, RamArray
+from tensorstore_ds.store.chunked import ChunkedArray
+from tensorstore_ds.units import format_bytes
 
 IMAGES, BAD_ROW, SIZE, CHUNK_ROWS = 50, 7, 16, 8
 CLIPS, RATE, SECONDS, AUDIO_CHUNK_ROWS = 20, 8000, 0.25, 4
@@ -73,22 +74,40 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
         mp.setattr(datasets.config, "HF_DATASETS_CACHE", str(root / "hf-cache"))
         images = [png(i) for i in range(IMAGES)]
         images[BAD_ROW] = b"this is not an image"
-        source = datasets.Dataset.from_dict({
-            "image": images,
-            "caption": [[f"cap {i}", f"alt {i} é"] for i in range(IMAGES)],
-            "meta": [{"id": i, "tag": "x" * (i % 3)} for i in range(IMAGES)],
-        })
-        manifest = tensorstore_ds.convert(source, root / "image", image_column="image", image_size=SIZE,
-                                          chunk_mb=CHUNK_ROWS * SIZE * SIZE * 3 / 2**20, keep_columns=["meta"],
-                                          workers=0, progress=False)
+        source = datasets.Dataset.from_dict(
+            {
+                "image": images,
+                "caption": [[f"cap {i}", f"alt {i} é"] for i in range(IMAGES)],
+                "meta": [{"id": i, "tag": "x" * (i % 3)} for i in range(IMAGES)],
+            }
+        )
+        manifest = tensorstore_ds.convert(
+            source,
+            root / "image",
+            image_column="image",
+            image_size=SIZE,
+            chunk_mb=CHUNK_ROWS * SIZE * SIZE * 3 / 2**20,
+            keep_columns=["meta"],
+            workers=0,
+            progress=False,
+        )
         assert manifest.num_samples == IMAGES - 1 and manifest.arrays["images"].chunk_rows == CHUNK_ROWS
-        audio = datasets.Dataset.from_dict({
-            "audio": [clip(i) for i in range(CLIPS)],
-            "caption": [f"sound {i} ♪" for i in range(CLIPS)],
-        })
-        manifest = tensorstore_ds.convert(audio, root / "audio", audio_column="audio", sample_rate=RATE,
-                                          audio_seconds=SECONDS, chunk_mb=AUDIO_CHUNK_ROWS * SAMPLES * 2 / 2**20,
-                                          workers=0, progress=False)
+        audio = datasets.Dataset.from_dict(
+            {
+                "audio": [clip(i) for i in range(CLIPS)],
+                "caption": [f"sound {i} ♪" for i in range(CLIPS)],
+            }
+        )
+        manifest = tensorstore_ds.convert(
+            audio,
+            root / "audio",
+            audio_column="audio",
+            sample_rate=RATE,
+            audio_seconds=SECONDS,
+            chunk_mb=AUDIO_CHUNK_ROWS * SAMPLES * 2 / 2**20,
+            workers=0,
+            progress=False,
+        )
         assert manifest.num_samples == CLIPS and manifest.arrays["audio"].chunk_rows == AUDIO_CHUNK_ROWS
     yield Stores(root / "image", root / "audio")
 
@@ -113,9 +132,15 @@ def expected(stores: Stores) -> Expected:
     image, audio = open_store(stores.image), open_store(stores.audio)
     n = len(image)
     out = Expected(
-        image.array("images")[:], image.array("image_size")[:], image.array("source_row")[:],
-        image.captions.take(range(n)), image.text("captions").take(range(n)), image.text("meta").take(range(n)),
-        audio.array("audio")[:], audio.array("audio_length")[:], audio.captions.take(range(len(audio))),
+        image.array("images")[:],
+        image.array("image_size")[:],
+        image.array("source_row")[:],
+        image.captions.take(range(n)),
+        image.text("captions").take(range(n)),
+        image.text("meta").take(range(n)),
+        audio.array("audio")[:],
+        audio.array("audio_length")[:],
+        audio.captions.take(range(len(audio))),
     )
     image.close()
     audio.close()
@@ -251,7 +276,7 @@ class TestServing:
         assert item["pixels"].dtype == torch.float32 and item["n_words"] == 2
         assert torch.allclose(item["pixels"], item["image"].float() / 255)
         batches = list(DataLoader(ds, batch_size=8))  # torch's default collate
-        assert [b["pixels"].shape for b in batches][0] == (8, 3, SIZE, SIZE)
+        assert next(b["pixels"].shape for b in batches) == (8, 3, SIZE, SIZE)
         assert torch.cat([b["index"] for b in batches]).tolist() == list(range(len(ds)))
         images = torch.cat([b["image"] for b in batches]).permute(0, 2, 3, 1).numpy()
         assert np.array_equal(images, expected.images)
@@ -262,20 +287,29 @@ class TestServing:
         """Batches come from reused ring slots; one the user keeps must stay intact."""
         ds = dataset(stores.image, mode)
         kept = [collate(ds.__getitems__([i, (i + 7) % len(ds)])) for i in range(len(ds))]
-        loader = DataLoader(ds, batch_size=3, shuffle=True, collate_fn=collate, num_workers=2,
-                            multiprocessing_context="fork")
+        loader = DataLoader(
+            ds, batch_size=3, shuffle=True, collate_fn=collate, num_workers=2, multiprocessing_context="fork"
+        )
         kept += list(loader) + list(loader)  # more batches than any ring has slots
         for batch in kept:
             index = batch["index"].numpy()
             assert np.array_equal(batch["image"].permute(0, 2, 3, 1).numpy(), expected.images[index])
 
     @pytest.mark.parametrize("context", ["fork", "spawn"])
-    def test_dataloader_workers_serve_every_sample_once(self, stores: Stores, expected: Expected, mode: str,
-                                                        context: str) -> None:
+    def test_dataloader_workers_serve_every_sample_once(
+        self, stores: Stores, expected: Expected, mode: str, context: str
+    ) -> None:
         ds = dataset(stores.image, mode, fields=["image", "caption", "source_row"])
         sampler = ChunkShuffleSampler(ds, seed=5)
-        loader = DataLoader(ds, batch_size=6, sampler=sampler, collate_fn=collate, num_workers=2,
-                            multiprocessing_context=context, persistent_workers=True)
+        loader = DataLoader(
+            ds,
+            batch_size=6,
+            sampler=sampler,
+            collate_fn=collate,
+            num_workers=2,
+            multiprocessing_context=context,
+            persistent_workers=True,
+        )
         orders = []
         for epoch in range(2):
             sampler.set_epoch(epoch)
@@ -312,8 +346,10 @@ class TestServing:
 
     def test_both_modes_serve_identical_samples(self, stores: Stores, mode: str) -> None:
         other = "paged" if mode == "ram" else "ram"
-        for path, fields in ((stores.image, ["image", "caption", "captions", "meta", "length", "source_row"]),
-                             (stores.audio, ["audio", "caption", "length"])):
+        for path, fields in (
+            (stores.image, ["image", "caption", "captions", "meta", "length", "source_row"]),
+            (stores.audio, ["audio", "caption", "length"]),
+        ):
             ds, ref = dataset(path, mode, fields=fields), dataset(path, other, fields=fields)
             assert (ds.mode, ref.mode) == (mode, other)
             indices = list(range(len(ds)))[::-1]
@@ -373,8 +409,9 @@ def test_auto_mode_follows_the_budget(stores: Stores) -> None:
     assert dataset(stores.image, "paged", memory_budget="1GiB").mode == "paged"  # an explicit mode is kept
 
 
-def test_ram_mode_over_budget_fails_before_loading(stores: Stores, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ram_mode_over_budget_fails_before_loading(
+    stores: Stores, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TENSORSTORE_DS_SHM_DIR", str(tmp_path))
     with pytest.raises(BudgetError, match="budget is 1.0 KiB") as info:
         dataset(stores.image, "ram", memory_budget=1024)
@@ -382,10 +419,19 @@ def test_ram_mode_over_budget_fails_before_loading(stores: Stores, tmp_path: Pat
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("budget, expected", [
-    ("1GiB", 2**30), ("500 MB", 500 * 10**6), ("1e9", 10**9), (12_345_678, 12_345_678),
-    (0.25, 10**9), (1.0, 4 * 10**9), ("auto", 2 * 10**9), (3e9, 3 * 10**9),
-])
+@pytest.mark.parametrize(
+    "budget, expected",
+    [
+        ("1GiB", 2**30),
+        ("500 MB", 500 * 10**6),
+        ("1e9", 10**9),
+        (12_345_678, 12_345_678),
+        (0.25, 10**9),
+        (1.0, 4 * 10**9),
+        ("auto", 2 * 10**9),
+        (3e9, 3 * 10**9),
+    ],
+)
 def test_memory_budget_forms(stores: Stores, monkeypatch: pytest.MonkeyPatch, budget: Any, expected: int) -> None:
     monkeypatch.setattr(tensorstore_ds.serve.budget, "available_memory", lambda: 4 * 10**9)
     ds = TensorStoreDataset(stores.image, memory_budget=budget, progress=False)
@@ -420,7 +466,7 @@ def test_paged_mode_keeps_mapped_chunks_within_the_budget(stores: Stores, expect
     assert len(images._maps) == 2
     # A budget below one chunk still works, with one chunk mapped at a time.
     tiny = dataset(stores.image, "paged", fields=["image"], memory_budget=100)
-    for batch in DataLoader(tiny, batch_size=7, collate_fn=collate, shuffle=True):
+    for _ in DataLoader(tiny, batch_size=7, collate_fn=collate, shuffle=True):
         assert len(tiny._arrays["images"]._maps) == 1
     tiny.close()
     assert len(tiny._arrays["images"]._maps) == 0
@@ -547,12 +593,14 @@ def test_buffers_of_a_killed_process_are_reaped(tmp_path: Path, monkeypatch: pyt
     from tensorstore_ds.serve.shm import PREFIX, SharedBuffer
 
     monkeypatch.setenv("TENSORSTORE_DS_SHM_DIR", str(tmp_path))
-    code = ("import os, signal; from tensorstore_ds.serve.shm import SharedBuffer; "
-            "b = SharedBuffer.create(4096); print(b.path, flush=True); os.kill(os.getpid(), signal.SIGKILL)")
+    code = (
+        "import os, signal; from tensorstore_ds.serve.shm import SharedBuffer; "
+        "b = SharedBuffer.create(4096); print(b.path, flush=True); os.kill(os.getpid(), signal.SIGKILL)"
+    )
     killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
     orphan = Path(killed.stdout.strip())
     assert killed.returncode == -9 and orphan.exists() and orphan.name.startswith(PREFIX)
     mine = SharedBuffer.create(4096)
-    assert not orphan.exists()                  # reaped: its creator is dead
-    assert Path(mine.path).exists()             # ours stays while we live
+    assert not orphan.exists()  # reaped: its creator is dead
+    assert Path(mine.path).exists()  # ours stays while we live
     assert [p.name for p in tmp_path.iterdir()] == [Path(mine.path).name]

@@ -148,7 +148,7 @@ def test_long_file_reads_only_what_it_needs(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(sf.SoundFile, "read", spy)
     data = encode(sine(300, 16000, 60.0), 16000, "FLAC")
-    samples, length = decode_audio(data, ONE_SECOND, clip=(30.0, None))
+    _samples, length = decode_audio(data, ONE_SECOND, clip=(30.0, None))
     assert length == 16000
     assert 16000 <= asked[0] < 20000
 
@@ -194,7 +194,7 @@ def test_clip_seek_matches_full_decode(fmt: str) -> None:
     # A tonal signal: MP3 then leans on its bit reservoir, which a bare libsndfile
     # seek cannot decode (the first frames after the seek come out wrong).
     t = np.arange(64000) / 16000
-    signal = (0.5 * np.sin(2 * np.pi * 440 * t) * (1 + 0.5 * np.sin(2 * np.pi * 0.7 * t)) / 1.5)
+    signal = 0.5 * np.sin(2 * np.pi * 440 * t) * (1 + 0.5 * np.sin(2 * np.pi * 0.7 * t)) / 1.5
     data = encode(signal.astype(np.float32), 16000, fmt)
     full, _ = sf.read(io.BytesIO(data), dtype="float32")
     samples, length = decode_audio(data, ONE_SECOND, clip=(2.0, None))

@@ -120,9 +120,7 @@ def test_transparent_palette_composites_only_transparent_entries() -> None:
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
-@pytest.mark.parametrize(
-    "value, expected", [(65535, 255), (32896, 128), (25700, 100), (128, 0), (129, 1), (0, 0)]
-)
+@pytest.mark.parametrize("value, expected", [(65535, 255), (32896, 128), (25700, 100), (128, 0), (129, 1), (0, 0)])
 def test_sixteen_bit_is_scaled_not_clipped(fmt: str, value: int, expected: int) -> None:
     data = encode(sixteen_bit([value] * 3), fmt)
     assert Image.open(io.BytesIO(data)).mode.startswith("I;16")
@@ -280,9 +278,7 @@ ARRAY_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    "array, expected", [case[1:] for case in ARRAY_CASES], ids=[case[0] for case in ARRAY_CASES]
-)
+@pytest.mark.parametrize("array, expected", [case[1:] for case in ARRAY_CASES], ids=[case[0] for case in ARRAY_CASES])
 def test_arrays(array: np.ndarray, expected: tuple[int, int, int]) -> None:
     pixels, orig = decode_image(array, SMALL)
     check_pixels(pixels, 32)
@@ -401,7 +397,7 @@ def test_paths_and_bytes_agree(tmp_path: Path) -> None:
 # --- draft quality ----------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def photo_image(width: int, height: int) -> Image.Image:
     """A smooth-ish synthetic photo: gradients plus blurred noise."""
     rng = np.random.default_rng(width * 7 + height)
@@ -413,7 +409,7 @@ def photo_image(width: int, height: int) -> Image.Image:
     return Image.fromarray(mixed.astype(np.uint8))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def photo(width: int, height: int) -> bytes:
     """:func:`photo_image` saved as JPEG quality 90."""
     return encode(photo_image(width, height), "JPEG", quality=90)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import urllib3
 
+from tensorstore_ds.conversion.fetch import DEFAULT_USER_AGENT, Fetcher, FetchOptions
 from tensorstore_ds.errors import FetchError
-from tensorstore_ds.conversion.fetch import DEFAULT_USER_AGENT, FetchOptions, Fetcher
 from tests.httpserver import Request, Response, TestServer
 
 PAYLOAD = os.urandom(100_000)
@@ -21,10 +21,14 @@ PAYLOAD = os.urandom(100_000)
 
 def fast(**overrides: object) -> FetchOptions:
     """Options with small timeouts and backoffs so failures are quick."""
-    values: dict[str, object] = dict(
-        connect_timeout=2.0, read_timeout=2.0, total_timeout=10.0, retries=2, backoff=0.01,
-        max_backoff=2.0,
-    )
+    values: dict[str, object] = {
+        "connect_timeout": 2.0,
+        "read_timeout": 2.0,
+        "total_timeout": 10.0,
+        "retries": 2,
+        "backoff": 0.01,
+        "max_backoff": 2.0,
+    }
     values.update(overrides)
     return FetchOptions(**values)  # type: ignore[arg-type]
 
@@ -292,10 +296,19 @@ def test_fetcher_pickles_without_its_pool(http_server: TestServer) -> None:
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"read_timeout": 0}, {"connect_timeout": -1}, {"total_timeout": float("inf")},
-        {"backoff": -0.1}, {"retries": -1}, {"retries": 1.5}, {"max_bytes": 0},
-        {"max_redirects": True}, {"allowed_schemes": ()}, {"allowed_schemes": "http"},
-        {"allowed_schemes": ("http", "ftp")}, {"reject_html": "yes"}, {"user_agent": ""},
+        {"read_timeout": 0},
+        {"connect_timeout": -1},
+        {"total_timeout": float("inf")},
+        {"backoff": -0.1},
+        {"retries": -1},
+        {"retries": 1.5},
+        {"max_bytes": 0},
+        {"max_redirects": True},
+        {"allowed_schemes": ()},
+        {"allowed_schemes": "http"},
+        {"allowed_schemes": ("http", "ftp")},
+        {"reject_html": "yes"},
+        {"user_agent": ""},
     ],
 )
 def test_invalid_options(overrides: dict[str, object]) -> None:
@@ -328,8 +341,12 @@ def test_options_normalize_schemes_and_fetcher_validates() -> None:
     ],
 )
 def test_server_serves_ranges(
-    http_server: TestServer, tmp_path: Path, range_header: str | None, status: int,
-    body: bytes, content_range: str | None,
+    http_server: TestServer,
+    tmp_path: Path,
+    range_header: str | None,
+    status: int,
+    body: bytes,
+    content_range: str | None,
 ) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "d.bin").write_bytes(b"0123456789")

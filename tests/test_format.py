@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tensorstore_ds.conversion.writer import Column, Plan, StoreWriter
 from tensorstore_ds.errors import StoreFormatError, StoreIncompleteError, StoreNotFoundError
 from tensorstore_ds.format import text as text_format
 from tensorstore_ds.format.layout import ArraySpec, chunk_rows_for, write_json_atomic
@@ -17,7 +18,6 @@ from tensorstore_ds.format.manifest import FORMAT_VERSION, MANIFEST, WORK_DIR, M
 from tensorstore_ds.format.text import TextColumn, TextColumnWriter, encode_value
 from tensorstore_ds.store.chunked import ChunkedArray
 from tensorstore_ds.store.store import open_store
-from tensorstore_ds.conversion.writer import Column, Plan, StoreWriter
 
 ROW = (4, 4, 3)
 CAPTIONS = ["one", "two", "three", "four", "five"]
@@ -30,13 +30,19 @@ def rows(n: int) -> np.ndarray:
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     """A finished store of 5 samples in chunks of 2 rows, written by the writer itself."""
-    plan = Plan((Column("images", ROW, "uint8", True), Column("source_row", (), "int64", False)),
-                {"caption": "utf-8", "extra": "json"}, 2, {"image_size": 4}, {"kind": "test", "fingerprint": "f"})
+    plan = Plan(
+        (Column("images", ROW, "uint8", True), Column("source_row", (), "int64", False)),
+        {"caption": "utf-8", "extra": "json"},
+        2,
+        {"image_size": 4},
+        {"kind": "test", "fingerprint": "f"},
+    )
     writer = StoreWriter.open(tmp_path / "store", plan)
     data = rows(5)
     for i in range(5):
-        writer.add(i * 2, {"images": data[i], "source_row": np.int64(i * 2)},
-                   {"caption": CAPTIONS[i], "extra": {"i": i}})
+        writer.add(
+            i * 2, {"images": data[i], "source_row": np.int64(i * 2)}, {"caption": CAPTIONS[i], "extra": {"i": i}}
+        )
         writer.add_failure(i * 2 + 1, f"key{i}", "undecodable-image", "broken")
     writer.finish({"rows_read": 10})
     writer.close()
@@ -95,17 +101,20 @@ def test_manifest_that_is_not_json(store: Path) -> None:
         open_store(store)
 
 
-@pytest.mark.parametrize("change, match", [
-    (lambda d: d.update(format="zarr"), "not a tensorstore_ds manifest"),
-    (lambda d: d.pop("arrays"), "missing or mangles"),
-    (lambda d: d.update(num_samples=-1), "bad num_samples"),
-    (lambda d: d["text"]["caption"].update(encoding="latin-1"), "text encodings"),
-    (lambda d: d["arrays"]["images"].update(dtype="complex64"), "invalid entry"),
-    (lambda d: d["arrays"]["images"].update(shape=[5, 4, 4, 3], chunk_rows=0), "invalid entry"),
-    (lambda d: d["arrays"]["images"].update(shape=[2**40, 4096, 4096, 3]), "absurd"),
-    (lambda d: d["arrays"]["images"].update(shape=[4, 4, 4, 3]), "4 rows, the store has 5 samples"),
-    (lambda d: d["arrays"].pop("text/caption/offsets"), "lacks its offsets array"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda d: d.update(format="zarr"), "not a tensorstore_ds manifest"),
+        (lambda d: d.pop("arrays"), "missing or mangles"),
+        (lambda d: d.update(num_samples=-1), "bad num_samples"),
+        (lambda d: d["text"]["caption"].update(encoding="latin-1"), "text encodings"),
+        (lambda d: d["arrays"]["images"].update(dtype="complex64"), "invalid entry"),
+        (lambda d: d["arrays"]["images"].update(shape=[5, 4, 4, 3], chunk_rows=0), "invalid entry"),
+        (lambda d: d["arrays"]["images"].update(shape=[2**40, 4096, 4096, 3]), "absurd"),
+        (lambda d: d["arrays"]["images"].update(shape=[4, 4, 4, 3]), "4 rows, the store has 5 samples"),
+        (lambda d: d["arrays"].pop("text/caption/offsets"), "lacks its offsets array"),
+    ],
+)
 def test_inconsistent_manifests_are_refused(store: Path, change: Any, match: str) -> None:
     edit_manifest(store, change)
     with pytest.raises(StoreFormatError, match=match):
@@ -136,8 +145,24 @@ def test_manifest_round_trips(store: Path) -> None:
 # --- names -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["../x", "/abs", "a/../b", "a//b", "a/", "", ".hidden", "a/./b", "x\\..\\y",
-                                  "images/../../etc", "ok/..", "caption\n", "~user"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../x",
+        "/abs",
+        "a/../b",
+        "a//b",
+        "a/",
+        "",
+        ".hidden",
+        "a/./b",
+        "x\\..\\y",
+        "images/../../etc",
+        "ok/..",
+        "caption\n",
+        "~user",
+    ],
+)
 def test_names_that_could_escape_the_store_are_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(StoreFormatError, match="not a safe store-relative path"):
         check_name(name, tmp_path)
@@ -148,11 +173,15 @@ def test_ordinary_names_are_accepted(tmp_path: Path, name: str) -> None:
     assert check_name(name, tmp_path) == name
 
 
-@pytest.mark.parametrize("where, name", [("arrays", "../x"), ("arrays", "/abs"), ("text", "../x"),
-                                         ("files", "/etc/passwd")])
+@pytest.mark.parametrize(
+    "where, name", [("arrays", "../x"), ("arrays", "/abs"), ("text", "../x"), ("files", "/etc/passwd")]
+)
 def test_manifest_names_escaping_the_store_are_refused(store: Path, where: str, name: str) -> None:
-    entry = {"arrays": {"shape": [5], "dtype": "uint8", "chunk_rows": 5}, "text": {"encoding": "utf-8"},
-             "files": {"size": 1}}[where]
+    entry = {
+        "arrays": {"shape": [5], "dtype": "uint8", "chunk_rows": 5},
+        "text": {"encoding": "utf-8"},
+        "files": {"size": 1},
+    }[where]
     edit_manifest(store, lambda d: d.setdefault(where, {}).update({name: entry}))
     with pytest.raises(StoreFormatError, match="not a safe store-relative path"):
         open_store(store)
@@ -218,12 +247,15 @@ def test_missing_array_metadata(store: Path) -> None:
         open_store(store)
 
 
-@pytest.mark.parametrize("change, match", [
-    (lambda d: d.update(shape=[6, 4, 4, 3]), r"shape is \[6, 4, 4, 3\], the manifest says \[5, 4, 4, 3\]"),
-    (lambda d: d.update(data_type="int8"), "data_type is 'int8'"),
-    (lambda d: d["chunk_grid"]["configuration"].update(chunk_shape=[3, 4, 4, 3]), "chunk_grid"),
-    (lambda d: d.update(codecs=[{"name": "bytes"}, {"name": "gzip", "configuration": {"level": 1}}]), "codecs"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda d: d.update(shape=[6, 4, 4, 3]), r"shape is \[6, 4, 4, 3\], the manifest says \[5, 4, 4, 3\]"),
+        (lambda d: d.update(data_type="int8"), "data_type is 'int8'"),
+        (lambda d: d["chunk_grid"]["configuration"].update(chunk_shape=[3, 4, 4, 3]), "chunk_grid"),
+        (lambda d: d.update(codecs=[{"name": "bytes"}, {"name": "gzip", "configuration": {"level": 1}}]), "codecs"),
+    ],
+)
 def test_zarr_metadata_must_agree_with_the_manifest(store: Path, change: Any, match: str) -> None:
     meta = store / "images" / "zarr.json"
     doc = json.loads(meta.read_bytes())
@@ -244,21 +276,24 @@ def test_corrupt_offsets_are_refused(store: Path) -> None:
     offsets.write_bytes(bytes(data))
     s = open_store(store)
     with pytest.raises(StoreFormatError, match="offsets are not increasing"):
-        s.captions
+        _ = s.captions
 
 
 # --- layout --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("row_bytes, target, rows", [
-    (150528, 16 * 2**20, 104),  # 224x224x3 images in 16 MiB: 111 rounded down to a multiple of 8
-    (320000, 16 * 2**20, 48),  # 10 s of 16 kHz float16 audio
-    (1000, 16_000, 16),
-    (1000, 15_999, 15),  # fewer than 16 rows are kept as they are
-    (1000, 8_000, 8),
-    (1000, 999, 1),  # a row larger than the target still gets a chunk of one row
-    (0, 100, 96),
-])
+@pytest.mark.parametrize(
+    "row_bytes, target, rows",
+    [
+        (150528, 16 * 2**20, 104),  # 224x224x3 images in 16 MiB: 111 rounded down to a multiple of 8
+        (320000, 16 * 2**20, 48),  # 10 s of 16 kHz float16 audio
+        (1000, 16_000, 16),
+        (1000, 15_999, 15),  # fewer than 16 rows are kept as they are
+        (1000, 8_000, 8),
+        (1000, 999, 1),  # a row larger than the target still gets a chunk of one row
+        (0, 100, 96),
+    ],
+)
 def test_chunk_rows_for(row_bytes: int, target: int, rows: int) -> None:
     assert chunk_rows_for(row_bytes, target) == rows
 

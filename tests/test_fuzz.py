@@ -30,8 +30,8 @@ from tensorstore_ds.conversion.decode.audio import AudioOptions, decode_audio
 from tensorstore_ds.conversion.decode.image import ImageOptions, decode_image
 from tensorstore_ds.errors import DecodeError, SampleError, StoreFormatError, StoreIncompleteError, TensorStoreDSError
 from tensorstore_ds.format.layout import DTYPES, ArraySpec
-from tensorstore_ds.format.text import encode_value
 from tensorstore_ds.format.manifest import MANIFEST, TEXT_ENCODINGS, WORK_DIR, Manifest
+from tensorstore_ds.format.text import encode_value
 from tests.hostile import (
     AUDIO_REASONS,
     EDITS,
@@ -48,8 +48,13 @@ from tests.hostile import (
 # Pillow warns about the broken EXIF and TIFF tags of mutated files; the tests judge outcomes, not warnings.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::RuntimeWarning")
 
-FUZZ = settings(max_examples=200, derandomize=True, database=None, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=200,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 IMAGE = ImageOptions(size=24, max_pixels=2**22)  # bombs beyond 4 Mpx are rejected, not decoded
 AUDIO = AudioOptions(sample_rate=16000, seconds=0.25)
 IMAGE_SEEDS = image_seeds()
@@ -69,8 +74,11 @@ def bounded(what: str, seconds: float = bounded_seconds()) -> Iterator[None]:
     assert elapsed < seconds, f"{what} took {elapsed:.1f} s (bound {seconds} s)"
 
 
-edits = st.lists(st.tuples(st.sampled_from(EDITS), st.integers(0, 2**16),
-                           st.sampled_from(INTERESTING) | st.integers(0, 2**32 - 1)), min_size=1, max_size=4)
+edits = st.lists(
+    st.tuples(st.sampled_from(EDITS), st.integers(0, 2**16), st.sampled_from(INTERESTING) | st.integers(0, 2**32 - 1)),
+    min_size=1,
+    max_size=4,
+)
 
 
 def mutated(seeds: dict[str, bytes]) -> st.SearchStrategy[bytes]:
@@ -152,7 +160,10 @@ def test_audio_decoder_on_arrays(array: np.ndarray, rate: Any, clip: Any) -> Non
 # --- the manifest -------------------------------------------------------------------------------------------
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True, allow_infinity=True)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=8),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=20,
@@ -162,7 +173,10 @@ json_values = st.recursive(
 def valid_doc() -> dict[str, Any]:
     """A manifest as the writer makes it."""
     return {
-        "format": "tensorstore_ds", "format_version": 1, "library_version": "0.1.0", "created": "2024-01-01T00:00:00Z",
+        "format": "tensorstore_ds",
+        "format_version": 1,
+        "library_version": "0.1.0",
+        "created": "2024-01-01T00:00:00Z",
         "num_samples": 5,
         "arrays": {
             "images": {"shape": [5, 4, 4, 3], "dtype": "uint8", "chunk_rows": 2},
@@ -171,7 +185,8 @@ def valid_doc() -> dict[str, Any]:
             "text/caption/offsets": {"shape": [6], "dtype": "int64", "chunk_rows": 6},
         },
         "text": {"caption": {"encoding": "utf-8"}},
-        "options": {"image_size": 4, "media": "image"}, "source": {"kind": "test", "fingerprint": "f"},
+        "options": {"image_size": 4, "media": "image"},
+        "source": {"kind": "test", "fingerprint": "f"},
         "counts": {"rows_read": 10, "converted": 5, "failed": 5, "failed_by_reason": {"undecodable-image": 5}},
         "files": {"images/c/0/0/0/0": {"size": 96, "sha256": "0" * 64}},
     }
@@ -239,14 +254,26 @@ def test_manifest_from_any_json(doc: Any) -> None:
 
 def test_manifest_edge_values() -> None:
     """Values hypothesis rarely combines: huge, infinite, fractional and boolean numbers."""
-    for path, value in [(("num_samples",), 10**30), (("num_samples",), float("inf")), (("num_samples",), 5.5),
-                        (("num_samples",), True), (("format_version",), True), (("arrays", "images", "shape"),
-                                                                                 [10**15, 224, 224, 3]),
-                        (("arrays", "source_row", "shape"), [10**15]), (("arrays", "images", "chunk_rows"), 1e300),
-                        (("arrays", "images", "shape"), [5.7, 4, 4, 3]), (("arrays", "images", "chunk_rows"), "2"),
-                        (("files",), "abc"), (("files",), ["images/c/0/0/0/0"]), (("files", "x"), {"size": -1}),
-                        (("files", "x"), {"size": 5, "sha256": None}), (("options",), []), (("counts",), "many"),
-                        (("text", "caption"), "utf-8"), (("arrays",), [])]:
+    for path, value in [
+        (("num_samples",), 10**30),
+        (("num_samples",), float("inf")),
+        (("num_samples",), 5.5),
+        (("num_samples",), True),
+        (("format_version",), True),
+        (("arrays", "images", "shape"), [10**15, 224, 224, 3]),
+        (("arrays", "source_row", "shape"), [10**15]),
+        (("arrays", "images", "chunk_rows"), 1e300),
+        (("arrays", "images", "shape"), [5.7, 4, 4, 3]),
+        (("arrays", "images", "chunk_rows"), "2"),
+        (("files",), "abc"),
+        (("files",), ["images/c/0/0/0/0"]),
+        (("files", "x"), {"size": -1}),
+        (("files", "x"), {"size": 5, "sha256": None}),
+        (("options",), []),
+        (("counts",), "many"),
+        (("text", "caption"), "utf-8"),
+        (("arrays",), []),
+    ]:
         doc = valid_doc()
         target = doc
         for key in path[:-1]:
@@ -255,9 +282,20 @@ def test_manifest_edge_values() -> None:
         from_json(doc)
 
 
-manifest_bytes = (st.binary(max_size=256) | st.builds(lambda e: mutate(json.dumps(valid_doc()).encode(), e), edits)
-                  | st.sampled_from([b"[" * 100_000, b'{"a":' * 50_000, b"\xef\xbb\xbf{}", b"NaN", b"Infinity",
-                                     json.dumps(valid_doc()).replace("5,", "Infinity,", 1).encode()]))
+manifest_bytes = (
+    st.binary(max_size=256)
+    | st.builds(lambda e: mutate(json.dumps(valid_doc()).encode(), e), edits)
+    | st.sampled_from(
+        [
+            b"[" * 100_000,
+            b'{"a":' * 50_000,
+            b"\xef\xbb\xbf{}",
+            b"NaN",
+            b"Infinity",
+            json.dumps(valid_doc()).replace("5,", "Infinity,", 1).encode(),
+        ]
+    )
+)
 
 
 @FUZZ
@@ -275,8 +313,12 @@ def test_manifest_read_from_any_bytes(data: bytes) -> None:
 
 
 @FUZZ
-@given(st.binary(max_size=64) | st.sampled_from([b"[" * 100_000, b'{"converted": null}', b'{"converted": [1]}',
-                                                  b'{"converted": 1e400}', b"[]", b'"x"']))
+@given(
+    st.binary(max_size=64)
+    | st.sampled_from(
+        [b"[" * 100_000, b'{"converted": null}', b'{"converted": [1]}', b'{"converted": 1e400}', b"[]", b'"x"']
+    )
+)
 def test_unfinished_store_with_any_state_file(data: bytes) -> None:
     with tempfile.TemporaryDirectory() as root:
         (Path(root) / WORK_DIR).mkdir()
@@ -292,10 +334,14 @@ row_values = json_values | st.binary(max_size=16) | hnp.arrays(np.uint8, hnp.arr
 
 
 @FUZZ
-@given(st.fixed_dictionaries({k: row_values for k in ("image", "caption", "start", "end", "note")}))
+@given(st.fixed_dictionaries(dict.fromkeys(("image", "caption", "start", "end", "note"), row_values)))
 def test_a_row_of_any_values_is_used_or_fails_as_a_sample(row: dict[str, Any]) -> None:
-    for part in (lambda: media_of(row, PLAN, Path("/base")), lambda: captions_of(row, PLAN),
-                 lambda: clip_of(row, PLAN), lambda: kept_of(row, PLAN)):
+    for part in (
+        lambda: media_of(row, PLAN, Path("/base")),
+        lambda: captions_of(row, PLAN),
+        lambda: clip_of(row, PLAN),
+        lambda: kept_of(row, PLAN),
+    ):
         try:
             value = part()
         except SampleError as exc:

@@ -74,13 +74,20 @@ def test_file_urls_only_when_allowed(tmp_path: Path, http_server: TestServer) ->
     png = good_image(3)
     (tmp_path / "local.png").write_bytes(png)
     http_server.route("/a.png", Response(200, png, {"Content-Type": "image/png"}))
-    urls = [http_server.url_for("/a.png"), f"file://{tmp_path}/local.png", "ftp://127.0.0.1/a.png",
-            f"file://{tmp_path}/missing.png"]
+    urls = [
+        http_server.url_for("/a.png"),
+        f"file://{tmp_path}/local.png",
+        "ftp://127.0.0.1/a.png",
+        f"file://{tmp_path}/missing.png",
+    ]
     src = write_parquet(tmp_path / "src.parquet", {"image_url": urls, "caption": ["a", "b", "c", "d"]})
     options: dict[str, Any] = {"image_size": SIZE, "workers": 0, "progress": False, "retries": 0}
     convert(src, tmp_path / "default", **options)
     assert [(f["row"], f["reason"]) for f in open_store(tmp_path / "default").failures()] == [
-        (1, "scheme-refused"), (2, "scheme-refused"), (3, "scheme-refused")]
+        (1, "scheme-refused"),
+        (2, "scheme-refused"),
+        (3, "scheme-refused"),
+    ]
     convert(src, tmp_path / "with-file", allow_schemes=("http", "https", "file"), **options)
     store = open_store(tmp_path / "with-file")
     assert np.asarray(store.array("source_row")).tolist() == [0, 1]
@@ -93,8 +100,11 @@ def test_file_urls_only_when_allowed(tmp_path: Path, http_server: TestServer) ->
 
 def test_a_missing_column_names_the_available_ones(tmp_path: Path) -> None:
     src = write_parquet(tmp_path / "src.parquet", {"image": ["a.png"], "caption": ["x"], "ytid": ["y"]})
-    with pytest.raises(ColumnNotFoundError, match=r"caption column 'text' is not in the source; "
-                                                 r"available columns: 'image', 'caption', 'ytid'"):
+    with pytest.raises(
+        ColumnNotFoundError,
+        match=r"caption column 'text' is not in the source; "
+        r"available columns: 'image', 'caption', 'ytid'",
+    ):
         convert(src, tmp_path / "out", caption_column="text", progress=False)
     with pytest.raises(ColumnNotFoundError, match=r"kept column 'nope'.*'image', 'caption', 'ytid'"):
         convert(src, tmp_path / "out", keep_columns=("nope",), progress=False)
@@ -114,11 +124,13 @@ def test_eps_never_runs_ghostscript(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_failure_details_are_the_same_in_every_run(tmp_path: Path) -> None:
     """Details of in-memory audio failures once named a BytesIO by its address: a resumed store differed."""
     blobs, _ = audio_bytes_cases()
-    ds = datasets.Dataset.from_dict({"audio": [{"bytes": b, "path": None} for b in blobs],
-                                     "caption": [f"c{i}" for i in range(len(blobs))]})
+    ds = datasets.Dataset.from_dict(
+        {"audio": [{"bytes": b, "path": None} for b in blobs], "caption": [f"c{i}" for i in range(len(blobs))]}
+    )
     for out in ("a", "b"):
-        convert(ds, tmp_path / out, audio_column="audio", sample_rate=8000, audio_seconds=0.1, workers=0,
-                progress=False)
+        convert(
+            ds, tmp_path / out, audio_column="audio", sample_rate=8000, audio_seconds=0.1, workers=0, progress=False
+        )
     failures = [(tmp_path / out / "failures.jsonl").read_bytes() for out in ("a", "b")]
     assert failures[0] == failures[1] and b"0x" not in failures[0]
     assert len(open_store(tmp_path / "a").failures()) >= 3
@@ -144,15 +156,20 @@ def test_a_decoder_crash_fails_only_its_sample(tmp_path: Path, monkeypatch: pyte
     images[9] = b"not an image"
     ds = datasets.Dataset(pa.table({"image": images, "caption": [f"c{i}" for i in range(24)]}))
     monkeypatch.setattr(tensorstore_ds.conversion.api, "decode_sample", crash_or_decode)
-    manifest = convert(ds, tmp_path / "out", image_column="image", image_size=SIZE, chunk_mb=0.002, workers=2,
-                       progress=False)
+    manifest = convert(
+        ds, tmp_path / "out", image_column="image", image_size=SIZE, chunk_mb=0.002, workers=2, progress=False
+    )
     store = open_store(tmp_path / "out")
     good = [i for i in range(24) if i not in crashing | {9}]
     assert np.asarray(store.array("source_row")).tolist() == good
     want = np.stack([decode_image(images[i], ImageOptions(SIZE))[0] for i in good])
     np.testing.assert_array_equal(np.asarray(store.array("images")), want)
     assert [(f["row"], f["reason"]) for f in store.failures()] == [
-        (5, "decoder-crashed"), (6, "decoder-crashed"), (9, "undecodable-image"), (17, "decoder-crashed")]
+        (5, "decoder-crashed"),
+        (6, "decoder-crashed"),
+        (9, "undecodable-image"),
+        (17, "decoder-crashed"),
+    ]
     assert manifest.counts["failed_by_reason"] == {"decoder-crashed": 3, "undecodable-image": 1}
     assert verify(tmp_path / "out", progress=False).ok
 
@@ -164,7 +181,8 @@ def always_crash(payload: Any, *args: Any) -> dict[str, Any]:
 
 
 def test_decoders_that_cannot_run_stop_the_conversion_and_blame_no_sample(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Only a sample that kills a working decoder is recorded; a decoder that never works is a clear error."""
     ds = datasets.Dataset(pa.table({"image": [good_image(i) for i in range(6)], "caption": ["c"] * 6}))
     monkeypatch.setattr(tensorstore_ds.conversion.api, "decode_sample", always_crash)

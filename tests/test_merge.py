@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import pickle
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -18,9 +20,9 @@ from torch.utils.data import DataLoader
 from tensorstore_ds import ChunkShuffleSampler, MultiStoreDataset, TensorStoreDataset, collate, open_store, verify
 from tensorstore_ds.cli import main
 from tensorstore_ds.conversion.api import convert
-from tensorstore_ds.errors import OptionsError, OptionsMismatchError, StoreError, StoresMismatchError
 from tensorstore_ds.conversion.merge import merge
 from tensorstore_ds.conversion.writer import StoreWriter
+from tensorstore_ds.errors import OptionsError, OptionsMismatchError, StoreError, StoresMismatchError
 from tests.httpserver import TestServer
 from tests.media import write_image
 from tests.stores import (
@@ -35,8 +37,14 @@ from tests.stores import (
 
 ROWS = 13
 BAD = {4: "img/missing-4.png", 9: "img/missing-9.png"}
-OPTIONS: dict[str, Any] = {"image_column": "image", "keep_columns": ["meta"], "image_size": SIZE,
-                           "chunk_mb": CHUNK_BYTES / 2**20, "workers": 0, "progress": False}
+OPTIONS: dict[str, Any] = {
+    "image_column": "image",
+    "keep_columns": ["meta"],
+    "image_size": SIZE,
+    "chunk_mb": CHUNK_BYTES / 2**20,
+    "workers": 0,
+    "progress": False,
+}
 SPLITS = {"halves": [7], "thirds": [3, 8]}
 FIELDS = ["image", "caption", "captions", "meta", "image_size"]
 
@@ -56,18 +64,20 @@ def write_source(root: Path) -> pa.Table:
         else:
             write_image(root / "img" / f"{i}.png", SIZE + i, SIZE, seed=i)
             names.append(f"img/{i}.png")
-    return pa.table({
-        "image": names,
-        "caption": [[f"cap {i}", f"alt {i} é"] for i in range(ROWS)],
-        "meta": [{"id": i, "tag": "x" * (i % 3)} for i in range(ROWS)],
-    })
+    return pa.table(
+        {
+            "image": names,
+            "caption": [[f"cap {i}", f"alt {i} é"] for i in range(ROWS)],
+            "meta": [{"id": i, "tag": "x" * (i % 3)} for i in range(ROWS)],
+        }
+    )
 
 
 def convert_parts(root: Path, table: pa.Table, name: str, cuts: list[int], **options: Any) -> list[Path]:
     """Write the table split at ``cuts`` into Parquet files next to the images and convert each one."""
     bounds = [0, *cuts, ROWS]
     stores = []
-    for k, (start, stop) in enumerate(zip(bounds, bounds[1:])):
+    for k, (start, stop) in enumerate(itertools.pairwise(bounds)):
         source = root / f"{name}-{k}.parquet"
         pq.write_table(table.slice(start, stop - start), source)
         convert(str(source), root / f"{name}-{k}", **{**OPTIONS, **options})
@@ -152,11 +162,11 @@ def test_merge_refuses_different_options(stores: Stores, tmp_path: Path) -> None
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(datasets.config, "HF_DATASETS_CACHE", str(stores.root / "hf-cache"))
-        padded = convert_parts(stores.root, pq.read_table(stores.root / "whole.parquet"), "padded", [7],
-                               resize="pad")
+        padded = convert_parts(stores.root, pq.read_table(stores.root / "whole.parquet"), "padded", [7], resize="pad")
     first = stores.parts["halves"][0]
-    with pytest.raises(StoresMismatchError, match=re.escape(f"stores {first} and {padded[1]} differ in resize: "
-                                                             "'squash' and 'pad'")) as info:
+    with pytest.raises(
+        StoresMismatchError, match=re.escape(f"stores {first} and {padded[1]} differ in resize: 'squash' and 'pad'")
+    ) as info:
         merge(tmp_path / "merged", [first, padded[1]], progress=False)
     assert isinstance(info.value, OptionsMismatchError)
     assert not (tmp_path / "merged").exists()
@@ -206,13 +216,13 @@ def test_several_stores_serve_like_the_merged_one(stores: Stores, merged: Path, 
 
 
 def test_several_stores_through_a_dataloader(stores: Stores, merged: Path) -> None:
-    multi = TensorStoreDataset(stores.parts["halves"], mode="paged", memory_budget=str(2 * CHUNK_BYTES),
-                               progress=False)
+    multi = TensorStoreDataset(stores.parts["halves"], mode="paged", memory_budget=str(2 * CHUNK_BYTES), progress=False)
     single = open_store(merged)
     assert multi.chunk_rows == 4 and multi.chunk_bytes == 4 * SIZE * SIZE * 3
     sampler = ChunkShuffleSampler(multi, seed=3)
-    loader = DataLoader(multi, batch_size=3, sampler=sampler, collate_fn=collate, num_workers=2,
-                        multiprocessing_context="fork")
+    loader = DataLoader(
+        multi, batch_size=3, sampler=sampler, collate_fn=collate, num_workers=2, multiprocessing_context="fork"
+    )
     seen = []
     for batch in loader:
         for i, index in enumerate(batch["index"].tolist()):
@@ -222,12 +232,19 @@ def test_several_stores_through_a_dataloader(stores: Stores, merged: Path) -> No
     assert sorted(seen) == list(range(len(single)))
 
 
-def test_local_and_remote_stores_together(stores: Stores, merged: Path, http_server: TestServer,
-                                          tmp_path: Path) -> None:
+def test_local_and_remote_stores_together(
+    stores: Stores, merged: Path, http_server: TestServer, tmp_path: Path
+) -> None:
     first, second = stores.parts["halves"]
     http_server.serve_dir(second, "/second/")
-    multi = TensorStoreDataset([first, http_server.url_for("/second")], fields=FIELDS, mode="paged",
-                               memory_budget="1MiB", progress=False, cache_dir=tmp_path / "cache")
+    multi = TensorStoreDataset(
+        [first, http_server.url_for("/second")],
+        fields=FIELDS,
+        mode="paged",
+        memory_budget="1MiB",
+        progress=False,
+        cache_dir=tmp_path / "cache",
+    )
     single = TensorStoreDataset(merged, fields=FIELDS, mode="ram", progress=False)
     order = list(range(len(single)))
     assert_same_items(all_items(multi, order), all_items(single, order))
@@ -238,18 +255,24 @@ def test_stores_of_different_layouts_cannot_be_served_together(stores: Stores, t
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(datasets.config, "HF_DATASETS_CACHE", str(stores.root / "hf-cache"))
-        bigger = convert_parts(stores.root, pq.read_table(stores.root / "whole.parquet"), "bigger", [7],
-                               image_size=SIZE + 8)
+        bigger = convert_parts(
+            stores.root, pq.read_table(stores.root / "whole.parquet"), "bigger", [7], image_size=SIZE + 8
+        )
     first = stores.parts["halves"][0]
-    with pytest.raises(StoresMismatchError, match=re.escape(f"stores {first} and {bigger[0]} differ in the rows of "
-                                                            "'images': 'uint8[16, 16, 3]' and 'uint8[24, 24, 3]'")):
+    with pytest.raises(
+        StoresMismatchError,
+        match=re.escape(
+            f"stores {first} and {bigger[0]} differ in the rows of 'images': 'uint8[16, 16, 3]' and 'uint8[24, 24, 3]'"
+        ),
+    ):
         TensorStoreDataset([first, bigger[0]], progress=False)
     with pytest.raises(OptionsError):
         TensorStoreDataset([], progress=False)
 
 
-def test_merge_stores_at_urls(stores: Stores, tmp_path: Path, http_server: TestServer,
-                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_merge_stores_at_urls(
+    stores: Stores, tmp_path: Path, http_server: TestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TENSORSTORE_DS_CACHE", str(tmp_path / "cache"))
     first, second = stores.parts["halves"]
     http_server.serve_dir(second, "/second/")

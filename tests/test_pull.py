@@ -63,7 +63,7 @@ def dropping(root: Path, prefix: str, plan: dict[str, Any]) -> Any:
     """Serve ``root``; the requests for TARGET numbered in ``plan["drop"]`` (from 1) drop after 500 bytes."""
 
     def handler(request: Request) -> Response:
-        response = static_response(root, request.path[len(prefix):], request)
+        response = static_response(root, request.path[len(prefix) :], request)
         if request.path.endswith(TARGET):
             plan["seen"] += 1
             plan["ranges"].append(request.headers.get("range"))
@@ -74,8 +74,9 @@ def dropping(root: Path, prefix: str, plan: dict[str, Any]) -> Any:
     return handler
 
 
-def test_interrupted_pull_resumes(local: Path, tmp_path: Path, http_server: TestServer,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_pull_resumes(
+    local: Path, tmp_path: Path, http_server: TestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(tensorstore_ds.store.transfer, "BLOCK", 1024)  # three requests per image chunk
     plan: dict[str, Any] = {"seen": 0, "drop": range(2, 10), "ranges": []}
     http_server.route("/store/", dropping(local, "/store/", plan), prefix=True)

@@ -28,10 +28,16 @@ CAPTIONS = [
     ["青い四角", "a blue square"],
     ["a yellow square"],
     ["Ελληνικά γράμματα", "emoji 🐱🚀", "third caption"],
-    ["plain ascii, with \"quotes\" and a\ttab"],
+    ['plain ascii, with "quotes" and a\ttab'],
 ]
-META = [{"id": 0, "lang": "fr"}, {"id": 1, "lang": "de"}, {"id": 2, "lang": "ja"}, {"id": 3, "lang": "en"},
-        {"id": 5, "lang": "el"}, {"id": 6, "lang": None}]
+META = [
+    {"id": 0, "lang": "fr"},
+    {"id": 1, "lang": "de"},
+    {"id": 2, "lang": "ja"},
+    {"id": 3, "lang": "en"},
+    {"id": 5, "lang": "el"},
+    {"id": 6, "lang": None},
+]
 FIELDS = ["caption", "captions", "image_size", "images", "meta", "source_row"]
 
 
@@ -50,8 +56,11 @@ def unchanged() -> object:
 
 
 def snapshot() -> dict[str, str]:
-    return {str(p.relative_to(STORE)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(STORE.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(STORE)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(STORE.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_store_is_small_and_complete() -> None:
@@ -98,8 +107,13 @@ def test_zarr_reads_the_same_values() -> None:
 
 @pytest.mark.parametrize("mode", ["ram", "paged"])
 def test_dataset_serves_the_known_values(mode: str) -> None:
-    ds = TensorStoreDataset(STORE, fields=["image", "caption", "captions", "meta", "length", "source_row"],
-                            mode=mode, memory_budget="64MiB", progress=False)
+    ds = TensorStoreDataset(
+        STORE,
+        fields=["image", "caption", "captions", "meta", "length", "source_row"],
+        mode=mode,
+        memory_budget="64MiB",
+        progress=False,
+    )
     assert ds.mode == mode and len(ds) == NUM_SAMPLES and ds.chunk_rows == 4
     for i in range(NUM_SAMPLES):
         item = ds[i]

@@ -83,8 +83,9 @@ def items(ds: Any) -> list[dict[str, Any]]:
 # --- reading ------------------------------------------------------------------------------
 
 
-def test_open_store_url_reads_what_the_local_store_holds(served: str, values: dict[str, Any],
-                                                         cache_env: Path, http_server: TestServer) -> None:
+def test_open_store_url_reads_what_the_local_store_holds(
+    served: str, values: dict[str, Any], cache_env: Path, http_server: TestServer
+) -> None:
     store = open_store(served)
     assert store.location == served and isinstance(store.files, RemoteFiles)
     assert store.path == default_cache_dir(served) and str(store.path).startswith(str(cache_env / "remote"))
@@ -109,7 +110,8 @@ def test_dataset_from_url_equals_local(served: str, local: Path, mode: str, http
     assert remote.mode == mode and repr(remote).startswith(f"TensorStoreDataset({served!r}")
     if mode == "ram":  # everything was downloaded up front
         assert len(chunk_hits(http_server)) == len(open_store(local).manifest.files) - sum(
-            "zarr.json" in n or n == "failures.jsonl" for n in open_store(local).manifest.files)
+            "zarr.json" in n or n == "failures.jsonl" for n in open_store(local).manifest.files
+        )
     expected = items(TensorStoreDataset(local, fields=fields, mode="ram", progress=False))
     assert_same_items(items(remote), expected)
     clone = pickle.loads(pickle.dumps(remote))
@@ -117,13 +119,15 @@ def test_dataset_from_url_equals_local(served: str, local: Path, mode: str, http
 
 
 @pytest.mark.parametrize("context", ["fork", "spawn"])
-def test_workers_share_the_cache(served: str, local: Path, tmp_path: Path, http_server: TestServer,
-                                 context: str) -> None:
+def test_workers_share_the_cache(
+    served: str, local: Path, tmp_path: Path, http_server: TestServer, context: str
+) -> None:
     cache = tmp_path / "shared-cache"
     ds = TensorStoreDataset(served, mode="paged", memory_budget=BUDGETS["paged"], progress=False, cache_dir=cache)
     sampler = ChunkShuffleSampler(ds, seed=1)
-    loader = DataLoader(ds, batch_size=3, sampler=sampler, collate_fn=collate, num_workers=2,
-                        multiprocessing_context=context)
+    loader = DataLoader(
+        ds, batch_size=3, sampler=sampler, collate_fn=collate, num_workers=2, multiprocessing_context=context
+    )
     seen = {}
     for batch in loader:
         for i, index in enumerate(batch["index"].tolist()):
@@ -173,23 +177,33 @@ def test_second_open_downloads_no_chunk(served: str, values: dict[str, Any], htt
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_cache_limit_keeps_the_cache_small(served: str, values: dict[str, Any], tmp_path: Path, mode: str,
-                                           http_server: TestServer) -> None:
+def test_cache_limit_keeps_the_cache_small(
+    served: str, values: dict[str, Any], tmp_path: Path, mode: str, http_server: TestServer
+) -> None:
     cache, limit = tmp_path / "small-cache", int(2.5 * CHUNK_BYTES)
-    ds = TensorStoreDataset(served, fields=["image"], mode=mode, memory_budget=BUDGETS[mode], progress=False,
-                            cache_dir=cache, cache_limit=limit)
-    for epoch in range(2):
+    ds = TensorStoreDataset(
+        served,
+        fields=["image"],
+        mode=mode,
+        memory_budget=BUDGETS[mode],
+        progress=False,
+        cache_dir=cache,
+        cache_limit=limit,
+    )
+    for _epoch in range(2):
         for start in range(0, len(ds), 3):
             batch = collate(ds.__getitems__(list(range(start, min(start + 3, len(ds))))))
-            np.testing.assert_array_equal(batch["image"].permute(0, 2, 3, 1).numpy(),
-                                          values["images"][start : start + 3])
+            np.testing.assert_array_equal(
+                batch["image"].permute(0, 2, 3, 1).numpy(), values["images"][start : start + 3]
+            )
             assert chunk_files_bytes(cache) <= limit
     if mode == "paged":  # evicted chunks were downloaded again in the second epoch
         assert max(chunk_hits(http_server).values()) == 2
 
 
-def test_prefetch_downloads_in_the_background(served: str, values: dict[str, Any], tmp_path: Path,
-                                              http_server: TestServer) -> None:
+def test_prefetch_downloads_in_the_background(
+    served: str, values: dict[str, Any], tmp_path: Path, http_server: TestServer
+) -> None:
     cache = tmp_path / "cache"
     ds = TensorStoreDataset(served, mode="paged", memory_budget=BUDGETS["paged"], progress=False, cache_dir=cache)
     assert chunk_hits(http_server) == {"/stores/a/text/caption/bytes/c/0": 1, "/stores/a/text/caption/offsets/c/0": 1}
@@ -202,7 +216,9 @@ def test_prefetch_downloads_in_the_background(served: str, values: dict[str, Any
     batch = collate(ds.__getitems__([12, 13, 17]))
     np.testing.assert_array_equal(batch["image"].permute(0, 2, 3, 1).numpy(), values["images"][[12, 13, 17]])
     assert {p: n for p, n in chunk_hits(http_server).items() if "images" in p} == {
-        "/stores/a/images/c/3/0/0/0": 1, "/stores/a/images/c/4/0/0/0": 1}
+        "/stores/a/images/c/3/0/0/0": 1,
+        "/stores/a/images/c/4/0/0/0": 1,
+    }
 
 
 def test_partial_files_of_dead_processes_are_removed(served: str, tmp_path: Path) -> None:
@@ -311,15 +327,16 @@ def test_manifest_problems_name_the_url(damaged: tuple[Path, str], http_server: 
         open_store(http_server.url_for("/nothing"))
 
 
-def test_a_dropped_connection_is_retried(local: Path, values: dict[str, Any], http_server: TestServer,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_dropped_connection_is_retried(
+    local: Path, values: dict[str, Any], http_server: TestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import tensorstore_ds.store.transfer
 
     monkeypatch.setattr(tensorstore_ds.store.transfer, "BACKOFF", 0.01)
     drops = {"n": 0}
 
     def handler(request: Any) -> Response:
-        response = static_response(local, request.path[len("/s/"):], request)
+        response = static_response(local, request.path[len("/s/") :], request)
         if request.path.endswith("images/c/0/0/0/0") and drops["n"] < 2:
             drops["n"] += 1
             return Response(response.status, response.body, response.headers, drop_after=1000)
@@ -354,8 +371,9 @@ def plain_http(local: Path) -> Iterator[str]:
         server.server_close()
 
 
-def test_a_server_without_range_requests(plain_http: str, values: dict[str, Any], tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_server_without_range_requests(
+    plain_http: str, values: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import tensorstore_ds.store.transfer
 
     monkeypatch.setattr(tensorstore_ds.store.transfer, "BLOCK", 1000)  # a chunk would take several ranged requests

@@ -90,8 +90,9 @@ def test_ranks_split_every_index_exactly_once(n: int, world_size: int) -> None:
 @pytest.mark.parametrize("world_size", [1, 3, 4, 7])
 def test_drop_last_equalises_ranks(world_size: int) -> None:
     ds = FakeDataset(n=50)
-    parts = [order(ChunkShuffleSampler(ds, seed=3, rank=r, world_size=world_size, drop_last=True))
-             for r in range(world_size)]
+    parts = [
+        order(ChunkShuffleSampler(ds, seed=3, rank=r, world_size=world_size, drop_last=True)) for r in range(world_size)
+    ]
     assert {len(p) for p in parts} == {50 // world_size}
     served = [i for p in parts for i in p]
     assert len(set(served)) == len(served) == 50 // world_size * world_size
@@ -101,7 +102,7 @@ def test_no_shuffle_is_store_order() -> None:
     ds = FakeDataset(n=50)
     assert order(ChunkShuffleSampler(ds, shuffle=False, seed=9), 5) == list(range(50))
     parts = [order(ChunkShuffleSampler(ds, shuffle=False, rank=r, world_size=3)) for r in range(3)]
-    assert parts == [list(range(0, 16)), list(range(16, 33)), list(range(33, 50))]
+    assert parts == [list(range(16)), list(range(16, 33)), list(range(33, 50))]
 
 
 @pytest.mark.parametrize("n, rows", [(50, 8), (64, 8), (37, 5)])
@@ -187,8 +188,9 @@ def test_rank_and_world_size_default_without_distributed() -> None:
     assert ChunkShuffleSampler(FakeDataset(), rank=2, world_size=3).rank == 2
 
 
-@pytest.mark.parametrize("kwargs", [{"rank": 2, "world_size": 2}, {"rank": -1, "world_size": 2},
-                                    {"rank": 1}, {"window_chunks": 0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"rank": 2, "world_size": 2}, {"rank": -1, "world_size": 2}, {"rank": 1}, {"window_chunks": 0}]
+)
 def test_bad_options(kwargs: dict[str, Any]) -> None:
     with pytest.raises(OptionsError):
         ChunkShuffleSampler(FakeDataset(), **kwargs)

@@ -9,14 +9,14 @@ import pytest
 
 from tensorstore_ds import convert, open_store, verify
 from tensorstore_ds.cli import main
-from tensorstore_ds.errors import OptionsError, StoreError
 from tensorstore_ds.conversion.shards import commit, shard_dir, shard_ranges
+from tensorstore_ds.errors import OptionsError, StoreError
 
 from .media import isolate_hf_cache, write_image
 from .stores import store_bytes
 
 ROWS = 29
-OPTIONS = dict(image_column="image", image_size=8, chunk_mb=0.001, workers=0, progress=False)
+OPTIONS = {"image_column": "image", "image_size": 8, "chunk_mb": 0.001, "workers": 0, "progress": False}
 
 
 @pytest.fixture
@@ -82,8 +82,17 @@ def test_dask_local_cluster_equals_one_conversion(source: Path, tmp_path: Path) 
     distributed = pytest.importorskip("distributed")
     whole = tmp_path / "whole"
     convert(str(source), whole, **OPTIONS)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address=None, silence_logs=logging.WARNING) as cluster, distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=logging.WARNING,
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         manifest = convert(str(source), tmp_path / "dask", client=client, shards=4, **OPTIONS)
     assert manifest.counts == open_store(whole).manifest.counts
     assert store_bytes(tmp_path / "dask") == store_bytes(whole)

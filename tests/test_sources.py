@@ -15,8 +15,8 @@ import pytest
 from tensorstore_ds.conversion.api import convert
 from tensorstore_ds.conversion.decode.audio import AudioOptions, decode_audio
 from tensorstore_ds.conversion.decode.image import ImageOptions, decode_image
-from tensorstore_ds.errors import OptionsError, SourceError
 from tensorstore_ds.conversion.sources import open_source
+from tensorstore_ds.errors import OptionsError, SourceError
 from tensorstore_ds.store.store import open_store
 from tests.media import audio_bytes, image_bytes, isolate_hf_cache, pixels, write_audio, write_image
 
@@ -61,7 +61,8 @@ def test_dataset_with_image_feature_bytes(tmp_path: Path) -> None:
     blobs = [image_bytes(SIZE, 24, seed=i) for i in range(3)]
     features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
     ds = datasets.Dataset.from_dict(
-        {"image": [{"bytes": b, "path": None} for b in blobs], "caption": ["a", "b", "c"]}, features=features)
+        {"image": [{"bytes": b, "path": None} for b in blobs], "caption": ["a", "b", "c"]}, features=features
+    )
     src = open_source(ds)
     assert src.kind == "dataset" and src.num_rows == 3 and src.columns == ["image", "caption"]
     manifest = convert(ds, tmp_path / "out", **FAST)
@@ -92,8 +93,9 @@ def test_dataset_with_array_column(tmp_path: Path, typed: bool) -> None:
     arrays = [pixels(SIZE, SIZE, seed=i) for i in range(3)]
     data = {"image": arrays, "caption": ["r", "s", "t"]}
     if typed:
-        features = datasets.Features({"image": datasets.Array3D((SIZE, SIZE, 3), "uint8"),
-                                      "caption": datasets.Value("string")})
+        features = datasets.Features(
+            {"image": datasets.Array3D((SIZE, SIZE, 3), "uint8"), "caption": datasets.Value("string")}
+        )
         ds = datasets.Dataset.from_dict(data, features=features)
     else:
         ds = datasets.Dataset.from_dict(data)  # List(List(List(Value('uint8'))))
@@ -104,8 +106,12 @@ def test_dataset_with_array_column(tmp_path: Path, typed: bool) -> None:
 
 def test_dataset_dict_object_picks_the_split(tmp_path: Path) -> None:
     blobs = [image_bytes(SIZE, SIZE, seed=i) for i in range(3)]
-    dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"png": blobs[:1], "caption": ["t"]}),
-                               "validation": datasets.Dataset.from_dict({"png": blobs[1:], "caption": ["v1", "v2"]})})
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"png": blobs[:1], "caption": ["t"]}),
+            "validation": datasets.Dataset.from_dict({"png": blobs[1:], "caption": ["v1", "v2"]}),
+        }
+    )
     convert(dd, tmp_path / "out", split="validation", **FAST)
     check_images(tmp_path / "out", blobs[1:], ["v1", "v2"])
     with pytest.raises(SourceError, match=r"no split 'test'; splits: \['train', 'validation'\]"):
@@ -127,8 +133,9 @@ def test_iterable_dataset(tmp_path: Path) -> None:
 def test_save_to_disk_dataset(tmp_path: Path) -> None:
     blobs = [image_bytes(SIZE, SIZE, seed=i) for i in range(3)]
     features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
-    datasets.Dataset.from_dict({"image": blobs, "caption": ["d0", "d1", "d2"]}, features=features) \
-        .save_to_disk(str(tmp_path / "saved"))
+    datasets.Dataset.from_dict({"image": blobs, "caption": ["d0", "d1", "d2"]}, features=features).save_to_disk(
+        str(tmp_path / "saved")
+    )
     src = open_source(tmp_path / "saved")
     assert src.kind == "disk" and src.num_rows == 3
     convert(str(tmp_path / "saved"), tmp_path / "out", **FAST)
@@ -139,10 +146,12 @@ def test_save_to_disk_dataset_dict_picks_split(tmp_path: Path) -> None:
     train = [image_bytes(SIZE, SIZE, seed=i) for i in range(2)]
     test = [image_bytes(SIZE, SIZE, seed=10 + i) for i in range(3)]
     features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
-    datasets.DatasetDict({
-        "train": datasets.Dataset.from_dict({"image": train, "caption": ["t0", "t1"]}, features=features),
-        "test": datasets.Dataset.from_dict({"image": test, "caption": ["e0", "e1", "e2"]}, features=features),
-    }).save_to_disk(str(tmp_path / "saved"))
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"image": train, "caption": ["t0", "t1"]}, features=features),
+            "test": datasets.Dataset.from_dict({"image": test, "caption": ["e0", "e1", "e2"]}, features=features),
+        }
+    ).save_to_disk(str(tmp_path / "saved"))
     convert(tmp_path / "saved", tmp_path / "out", split="test", **FAST)
     check_images(tmp_path / "out", test, ["e0", "e1", "e2"])
     with pytest.raises(SourceError, match=r"no split 'validation'.*\['test', 'train'\]"):

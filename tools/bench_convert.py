@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchlib import median_rate  # noqa: E402
+
 from tensorstore_ds import convert  # noqa: E402
 from tensorstore_ds.demo.samples import make_image_folder  # noqa: E402
 

@@ -34,31 +34,47 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchlib import median_rate  # noqa: E402
+
 from tensorstore_ds import ChunkShuffleSampler, TensorStoreDataset, collate  # noqa: E402
-from tensorstore_ds.units import format_bytes
 from tensorstore_ds.demo.memory import rss_bytes, tree_pss_bytes  # noqa: E402
+from tensorstore_ds.units import format_bytes  # noqa: E402
 
 SIZE = 224
 
 
 def build_store(path: Path, n: int, seed: int = 0) -> None:
     """A store of ``n`` random images written by the real writer (skipped if present)."""
-    from tensorstore_ds.format.layout import chunk_rows_for
     from tensorstore_ds.conversion.writer import Column, Plan, StoreWriter
+    from tensorstore_ds.format.layout import chunk_rows_for
 
     if (path / "manifest.json").exists():
         return
     row = (SIZE, SIZE, 3)
     rows = chunk_rows_for(int(np.prod(row)), 16 * 2**20)
-    plan = Plan((Column("images", row, "uint8", True), Column("image_size", (2,), "int32", False),
-                 Column("source_row", (), "int64", False)), {"caption": "utf-8"}, rows,
-                {"media": "image", "image_size": SIZE, "chunk_rows": rows}, {"kind": "bench", "fingerprint": str(n)})
+    plan = Plan(
+        (
+            Column("images", row, "uint8", True),
+            Column("image_size", (2,), "int32", False),
+            Column("source_row", (), "int64", False),
+        ),
+        {"caption": "utf-8"},
+        rows,
+        {"media": "image", "image_size": SIZE, "chunk_rows": rows},
+        {"kind": "bench", "fingerprint": str(n)},
+    )
     writer = StoreWriter.open(path, plan)
     rng = np.random.default_rng(seed)
     block = rng.integers(0, 256, (64, *row), dtype=np.uint8)
     for i in range(n):
-        writer.add(i, {"images": block[i % 64] ^ np.uint8(i % 251), "image_size": np.array([480, 640], np.int32),
-                       "source_row": i}, {"caption": f"a random picture number {i}"})
+        writer.add(
+            i,
+            {
+                "images": block[i % 64] ^ np.uint8(i % 251),
+                "image_size": np.array([480, 640], np.int32),
+                "source_row": i,
+            },
+            {"caption": f"a random picture number {i}"},
+        )
     writer.finish({"rows_read": n})
 
 
@@ -67,8 +83,9 @@ def batches(n: int, batch: int, count: int, seed: int) -> list[np.ndarray]:
     return [rng.integers(0, n, batch) for _ in range(count)]
 
 
-def bench_baselines(ds: TensorStoreDataset, idxs: list[np.ndarray], args: argparse.Namespace,
-                    out: dict[str, Any]) -> None:
+def bench_baselines(
+    ds: TensorStoreDataset, idxs: list[np.ndarray], args: argparse.Namespace, out: dict[str, Any]
+) -> None:
     """numpy fancy indexing of the data in one in-RAM array of its own, and memcpy."""
     data = np.array(ds._arrays["images"].data)
     out["numpy_fancy_index"] = median_rate(lambda: sum(len(data[i]) for i in idxs), args.repeats)
@@ -81,7 +98,9 @@ def bench_in_process(store: Path, args: argparse.Namespace, out: dict[str, Any])
     ds = TensorStoreDataset(store, mode="ram", progress=False)
     idxs = batches(len(ds), args.batch, args.batches, 1)
     bench_baselines(ds, idxs, args, out)
-    out["ram_in_process"] = median_rate(lambda: sum(len(collate(ds.__getitems__(i))["index"]) for i in idxs), args.repeats)
+    out["ram_in_process"] = median_rate(
+        lambda: sum(len(collate(ds.__getitems__(i))["index"]) for i in idxs), args.repeats
+    )
     out["hf_datasets_array3d"] = bench_hf(ds, args)
 
 
@@ -111,8 +130,9 @@ def bench_seed_style(ds: TensorStoreDataset, args: argparse.Namespace) -> float:
 
     n = min(len(ds), 2000)
     pixels = ds._arrays["images"].data
-    seed = SeedStyleDataset([Image.fromarray(np.array(pixels[i])) for i in range(n)],
-                            [ds._text["caption"].take([i])[0] for i in range(n)])
+    seed = SeedStyleDataset(
+        [Image.fromarray(np.array(pixels[i])) for i in range(n)], [ds._text["caption"].take([i])[0] for i in range(n)]
+    )
     count = args.batch * max(4, args.batches // 2)
     sampler = RandomSampler(seed, num_samples=count, generator=torch.Generator().manual_seed(0))
     loader = DataLoader(seed, batch_size=args.batch, sampler=sampler, collate_fn=seed_collate)
@@ -135,8 +155,9 @@ def bench_hf(ds: TensorStoreDataset, args: argparse.Namespace) -> float:
     cache = Path(args.workdir) / f"hf-array3d-{n}"
     if not cache.exists():
         pixels = ds._arrays["images"].data
-        features = datasets.Features({"image": datasets.Array3D((SIZE, SIZE, 3), "uint8"),
-                                      "caption": datasets.Value("string")})
+        features = datasets.Features(
+            {"image": datasets.Array3D((SIZE, SIZE, 3), "uint8"), "caption": datasets.Value("string")}
+        )
 
         def gen() -> Any:
             for i in range(n):
@@ -153,9 +174,16 @@ def loader_rate(dataset: Any, args: argparse.Namespace, workers: int, context: s
     from torch.utils.data import DataLoader, RandomSampler
 
     sampler = RandomSampler(dataset, num_samples=args.batch * args.batches, generator=torch.Generator().manual_seed(0))
-    loader = DataLoader(dataset, batch_size=args.batch, sampler=sampler, num_workers=workers,
-                        multiprocessing_context=context if workers else None, collate_fn=collate_fn,
-                        persistent_workers=workers > 0, prefetch_factor=2 if workers else None)
+    loader = DataLoader(
+        dataset,
+        batch_size=args.batch,
+        sampler=sampler,
+        num_workers=workers,
+        multiprocessing_context=context if workers else None,
+        collate_fn=collate_fn,
+        persistent_workers=workers > 0,
+        prefetch_factor=2 if workers else None,
+    )
     next(iter(loader))  # start the workers before timing
     return median_rate(lambda: sum(len(b["index"] if isinstance(b, dict) else b) for b in loader), args.repeats)
 
@@ -190,8 +218,15 @@ def pss_child(store: str, context: str, batch: int) -> None:
     from torch.utils.data import DataLoader
 
     ds = TensorStoreDataset(store, mode="ram", progress=False)
-    loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=4, collate_fn=collate,
-                        multiprocessing_context=context, persistent_workers=True)
+    loader = DataLoader(
+        ds,
+        batch_size=batch,
+        shuffle=True,
+        num_workers=4,
+        collate_fn=collate,
+        multiprocessing_context=context,
+        persistent_workers=True,
+    )
     for _ in range(2):
         for _b in loader:
             pass
@@ -229,7 +264,9 @@ def bench_paged(store: Path, args: argparse.Namespace, out: dict[str, Any]) -> N
     """Each paged run is a fresh subprocess, so its RSS is the dataset's own."""
     for name in ("chunk_local", "random"):
         cmd = [sys.executable, __file__, "--paged-child", str(store), name, str(args.batch)]
-        got = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        got = json.loads(
+            subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        )
         out["disk_sequential_MBps"] = max(out.get("disk_sequential_MBps", 0), got.pop("disk_sequential_MBps"))
         out.update(got)
 
@@ -251,7 +288,11 @@ def paged_child(store: Path, name: str, batch: int) -> None:
     gc.collect()
     base_rss = rss_bytes()
     ds = TensorStoreDataset(store, mode="paged", memory_budget=budget, progress=False)
-    order = list(ChunkShuffleSampler(ds, seed=0)) if name == "chunk_local" else np.random.default_rng(0).permutation(len(ds)).tolist()
+    order = (
+        list(ChunkShuffleSampler(ds, seed=0))
+        if name == "chunk_local"
+        else np.random.default_rng(0).permutation(len(ds)).tolist()
+    )
     limit = len(order) if name == "chunk_local" else min(len(order), batch * 12)
     t0, peak, served = time.perf_counter(), 0, 0
     for i in range(0, limit, batch):
@@ -259,9 +300,17 @@ def paged_child(store: Path, name: str, batch: int) -> None:
         peak = max(peak, rss_bytes() - base_rss)
     seconds = time.perf_counter() - t0
     row = SIZE * SIZE * 3
-    print(json.dumps({"disk_sequential_MBps": disk, "paged_budget": budget,
-                      f"paged_{name}_samples_per_s": served / seconds, f"paged_{name}_MBps": served * row / seconds / 1e6,
-                      f"paged_{name}_peak_rss": peak}))
+    print(
+        json.dumps(
+            {
+                "disk_sequential_MBps": disk,
+                "paged_budget": budget,
+                f"paged_{name}_samples_per_s": served / seconds,
+                f"paged_{name}_MBps": served * row / seconds / 1e6,
+                f"paged_{name}_peak_rss": peak,
+            }
+        )
+    )
 
 
 def report(out: dict[str, Any]) -> None:
@@ -272,8 +321,16 @@ def report(out: dict[str, Any]) -> None:
         ("RAM mode, in-process", out["ram_in_process"], f"{out['ram_in_process'] / base:.2f}"),
         ("RAM mode, DataLoader 0 workers", out["ram_loader_0_workers"], f"{out['ram_loader_0_workers'] / base:.2f}"),
         ("RAM mode, DataLoader 2 workers", out["ram_loader_2_workers"], f"{out['ram_loader_2_workers'] / base:.2f}"),
-        ("numpy Dataset, DataLoader 0 workers", out["numpy_dataset_0_workers"], f"{out['numpy_dataset_0_workers'] / base:.2f}"),
-        ("numpy Dataset, DataLoader 2 workers", out["numpy_dataset_2_workers"], f"{out['numpy_dataset_2_workers'] / base:.2f}"),
+        (
+            "numpy Dataset, DataLoader 0 workers",
+            out["numpy_dataset_0_workers"],
+            f"{out['numpy_dataset_0_workers'] / base:.2f}",
+        ),
+        (
+            "numpy Dataset, DataLoader 2 workers",
+            out["numpy_dataset_2_workers"],
+            f"{out['numpy_dataset_2_workers'] / base:.2f}",
+        ),
         ("seed-style loader (PIL list, DataLoader 0 workers)", out["seed_style"], f"{out['seed_style'] / base:.2f}"),
         ("HF datasets Array3D numpy", out["hf_datasets_array3d"], f"{out['hf_datasets_array3d'] / base:.2f}"),
     ]
@@ -282,20 +339,28 @@ def report(out: dict[str, Any]) -> None:
         print(f"{name:52s} {rate:12,.0f} {ratio:>10s}")
     print(f"\nRAM in-process / memcpy: {out['ram_in_process'] / out['memcpy']:.2f}")
     print(f"RAM 2 workers / RAM in-process: {out['ram_loader_2_workers'] / out['ram_in_process']:.2f}")
-    print(f"RAM mode / seed-style, both through a DataLoader with 0 workers: "
-          f"{out['ram_loader_0_workers'] / out['seed_style']:.1f}x")
+    print(
+        f"RAM mode / seed-style, both through a DataLoader with 0 workers: "
+        f"{out['ram_loader_0_workers'] / out['seed_style']:.1f}x"
+    )
     print(f"RAM in-process / HF datasets: {out['ram_in_process'] / out['hf_datasets_array3d']:.1f}x")
     for key in sorted(k for k in out if k.startswith("pss_excess_over_data_")):
         context, batch = key.rsplit("_", 2)[-2:]
-        print(f"PSS, 4 workers, {context}, batch {batch[1:]}: {format_bytes(out[f'pss_{context}_{batch}'])}; "
-              f"excess over a 1-sample store = {out[key]:.2f}x the data size")
+        print(
+            f"PSS, 4 workers, {context}, batch {batch[1:]}: {format_bytes(out[f'pss_{context}_{batch}'])}; "
+            f"excess over a 1-sample store = {out[key]:.2f}x the data size"
+        )
     if "disk_sequential_MBps" in out:
-        print(f"\npaged, budget {format_bytes(out['paged_budget'])}, cold cache; disk sequential "
-              f"{out['disk_sequential_MBps']:,.0f} MB/s")
+        print(
+            f"\npaged, budget {format_bytes(out['paged_budget'])}, cold cache; disk sequential "
+            f"{out['disk_sequential_MBps']:,.0f} MB/s"
+        )
         for name in ("chunk_local", "random"):
-            print(f"  {name:12s} {out[f'paged_{name}_samples_per_s']:10,.0f} samples/s "
-                  f"{out[f'paged_{name}_MBps']:8,.0f} MB/s ({out[f'paged_{name}_MBps'] / out['disk_sequential_MBps']:.2f}"
-                  f" of sequential), peak RSS growth {format_bytes(out[f'paged_{name}_peak_rss'])}")
+            print(
+                f"  {name:12s} {out[f'paged_{name}_samples_per_s']:10,.0f} samples/s "
+                f"{out[f'paged_{name}_MBps']:8,.0f} MB/s ({out[f'paged_{name}_MBps'] / out['disk_sequential_MBps']:.2f}"
+                f" of sequential), peak RSS growth {format_bytes(out[f'paged_{name}_peak_rss'])}"
+            )
 
 
 def main() -> None:

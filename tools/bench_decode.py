@@ -31,14 +31,14 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
-import soundfile as sf  # noqa: E402
-from PIL import Image, ImageFilter  # noqa: E402
+import numpy as np
+import soundfile as sf
+from PIL import Image, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tensorstore_ds.conversion.decode.audio import RESAMPLERS, AudioOptions, decode_audio  # noqa: E402
-from tensorstore_ds.conversion.decode.image import RESIZE_MODES, ImageOptions, decode_image  # noqa: E402
+from tensorstore_ds.conversion.decode.audio import RESAMPLERS, AudioOptions, decode_audio
+from tensorstore_ds.conversion.decode.image import RESIZE_MODES, ImageOptions, decode_image
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -102,7 +102,9 @@ def bench_images(args: argparse.Namespace, folder: Path) -> None:
     options = ImageOptions(resize=args.resize)
     full_options = ImageOptions(resize=args.resize, draft=False)
     print(f"\nImages -> 224x224x3 uint8 ({args.resize}); images per CPU second, median of {args.repeats}")
-    header = f"{'size':>10} {'file KiB':>9} {'seed img/s':>11} {'ours img/s':>11} {'ours/seed':>10} {'draft |diff|':>13}"
+    header = (
+        f"{'size':>10} {'file KiB':>9} {'seed img/s':>11} {'ours img/s':>11} {'ours/seed':>10} {'draft |diff|':>13}"
+    )
     print(header)
     print("-" * len(header))
     for spec in args.sizes.split(","):
@@ -115,10 +117,7 @@ def bench_images(args: argparse.Namespace, folder: Path) -> None:
         full, _ = decode_image(path, full_options)
         diff = float(np.abs(draft.astype(np.float32) - full).mean())
         kib = path.stat().st_size / 1024
-        print(
-            f"{spec:>10} {kib:9.0f} {seed_rate:11.1f} {ours_rate:11.1f} "
-            f"{ours_rate / seed_rate:9.2f}x {diff:13.3f}"
-        )
+        print(f"{spec:>10} {kib:9.0f} {seed_rate:11.1f} {ours_rate:11.1f} {ours_rate / seed_rate:9.2f}x {diff:13.3f}")
 
 
 def synthetic_music(seconds: float, rate: int = 44100, seed: int = 0) -> np.ndarray:

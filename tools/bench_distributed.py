@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchlib import median_rate  # noqa: E402
+
 from tensorstore_ds import convert  # noqa: E402
 from tensorstore_ds.demo.samples import make_image_folder  # noqa: E402
 
@@ -39,26 +40,40 @@ def main() -> None:
     if not (source / "metadata.jsonl").exists():
         make_image_folder(source, args.images, sizes=SIZES)
     out = Path(args.workdir) / "distributed-out"
-    options = dict(image_column="file_name", progress=False)
+    options = {"image_column": "file_name", "progress": False}
 
     def local(workers: int) -> int:
         shutil.rmtree(out, ignore_errors=True)
         return convert(str(source), out, workers=workers, **options).num_samples
 
     local(0)  # warm the datasets cache and the page cache
-    results = {"local, workers=0 (1 core)": median_rate(lambda: local(0), args.repeats),
-               f"local pool, workers={os.cpu_count()}": median_rate(lambda: local(os.cpu_count() or 1), args.repeats)}
+    results = {
+        "local, workers=0 (1 core)": median_rate(lambda: local(0), args.repeats),
+        f"local pool, workers={os.cpu_count()}": median_rate(lambda: local(os.cpu_count() or 1), args.repeats),
+    }
     for n in (1, 2, 4):
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                          dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+
             def dask() -> int:
                 shutil.rmtree(out, ignore_errors=True)
                 return convert(str(source), out, client=client, shards=4 * n, **options).num_samples
 
             results[f"dask, {n} worker(s), {4 * n} shards"] = median_rate(dask, args.repeats)
     base = results[f"local pool, workers={os.cpu_count()}"]
-    print(f"\n{args.images} JPEGs, {', '.join(f'{w}x{h}' for w, h in SIZES)}; median of {args.repeats}; "
-          f"{os.cpu_count()} cores")
+    print(
+        f"\n{args.images} JPEGs, {', '.join(f'{w}x{h}' for w, h in SIZES)}; median of {args.repeats}; "
+        f"{os.cpu_count()} cores"
+    )
     for name, rate in results.items():
         print(f"  {name:36s} {rate:7.1f} images/s  {rate / base:5.2f}x the local pool")
     per_core = results["local, workers=0 (1 core)"]

@@ -29,8 +29,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -63,8 +64,9 @@ def bench_verify(store: Path, repeats: int) -> dict[str, float]:
     subprocess.run(["cat", *files], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
     return {
         "verify": seconds(lambda: verify(store, progress=False), repeats),
-        "sha256sum": seconds(lambda: subprocess.run(["sha256sum", *files], stdout=subprocess.DEVNULL, check=True),
-                             repeats),
+        "sha256sum": seconds(
+            lambda: subprocess.run(["sha256sum", *files], stdout=subprocess.DEVNULL, check=True), repeats
+        ),
         "cat": seconds(lambda: subprocess.run(["cat", *files], stdout=subprocess.DEVNULL, check=True), repeats),
     }
 

@@ -27,9 +27,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -69,9 +70,11 @@ def corpora(work: Path) -> Tally:
         tally.lost += r.lost
         tally.wrong += r.wrong
         tally.problems += [p for p in r.problems if "lost" not in p]
-        tally.notes.append(f"{r.name}: {r.rows} rows ({r.hostile} hostile), {r.converted} converted, "
-                           f"{r.failed} failed as documented; {r.undetectable} corrupt file(s) of formats "
-                           "without checksums decoded as documented (pixels unknowable)")
+        tally.notes.append(
+            f"{r.name}: {r.rows} rows ({r.hostile} hostile), {r.converted} converted, "
+            f"{r.failed} failed as documented; {r.undetectable} corrupt file(s) of formats "
+            "without checksums decoded as documented (pixels unknowable)"
+        )
     return tally
 
 
@@ -84,8 +87,17 @@ def fuzz(examples: int, seed: int) -> list[Tally]:
     from tensorstore_ds.conversion.decode.image import ImageOptions, decode_image
     from tensorstore_ds.errors import DecodeError, StoreFormatError
     from tensorstore_ds.format.manifest import MANIFEST, Manifest
-    from tests.hostile import (AUDIO_REASONS, IMAGE_REASONS, audio_contract, audio_seeds, bounded_seconds,
-                               image_contract, image_seeds, mutate, random_edits)
+    from tests.hostile import (
+        AUDIO_REASONS,
+        IMAGE_REASONS,
+        audio_contract,
+        audio_seeds,
+        bounded_seconds,
+        image_contract,
+        image_seeds,
+        mutate,
+        random_edits,
+    )
     from tests.test_fuzz import check_manifest, valid_doc
 
     rng = random.Random(seed)
@@ -118,12 +130,31 @@ def fuzz(examples: int, seed: int) -> list[Tally]:
         return None
 
     targets: list[tuple[str, Callable[[bytes], str | None], Callable[[], bytes]]] = [
-        ("fuzz: image decoder", image, lambda: mutate(images[rng.choice(sorted(images))], random_edits(rng))
-         if rng.random() < 0.85 else rng.randbytes(rng.randrange(0, 512))),
-        ("fuzz: audio decoder", audio, lambda: mutate(audios[rng.choice(sorted(audios))], random_edits(rng))
-         if rng.random() < 0.85 else rng.randbytes(rng.randrange(0, 512))),
-        ("fuzz: manifest reader", manifest, lambda: mutate(manifest_text, random_edits(rng))
-         if rng.random() < 0.9 else rng.randbytes(rng.randrange(0, 256))),
+        (
+            "fuzz: image decoder",
+            image,
+            lambda: (
+                mutate(images[rng.choice(sorted(images))], random_edits(rng))
+                if rng.random() < 0.85
+                else rng.randbytes(rng.randrange(0, 512))
+            ),
+        ),
+        (
+            "fuzz: audio decoder",
+            audio,
+            lambda: (
+                mutate(audios[rng.choice(sorted(audios))], random_edits(rng))
+                if rng.random() < 0.85
+                else rng.randbytes(rng.randrange(0, 512))
+            ),
+        ),
+        (
+            "fuzz: manifest reader",
+            manifest,
+            lambda: (
+                mutate(manifest_text, random_edits(rng)) if rng.random() < 0.9 else rng.randbytes(rng.randrange(0, 256))
+            ),
+        ),
     ]
     tallies = []
     for name, target, make in targets:
@@ -142,7 +173,7 @@ def fuzz(examples: int, seed: int) -> list[Tally]:
             try:
                 with contextlib.redirect_stderr(io.StringIO()):
                     problem = target(data)
-            except Exception as exc:  # noqa: BLE001 - what this report counts
+            except Exception as exc:
                 tally.foreign.append(f"{type(exc).__name__}: {str(exc)[:120]} (input sha256 {digest[:12]})")
                 outcomes["foreign"] += 1
                 continue
@@ -202,10 +233,12 @@ def kills(work: Path, count: int, seed: int) -> Tally:
         tally.wrong += len(diff)
         tally.problems += diff + missing
         tally.leaked += len([p for p in out.rglob("*") if ".tmp" in p.name or p.name == ".convert"])
-    tally.notes.append(f"{result.kills} kills ({result.cli_kills} of `python -m tensorstore_ds convert`, the rest "
-                       f"of forked CLI runs) in {result.runs} runs, {len(result.outs)} conversion(s), "
-                       f"by phase {dict(result.kills_by_phase)}; each final store byte-identical to an "
-                       f"uninterrupted run: {tally.wrong == 0}")
+    tally.notes.append(
+        f"{result.kills} kills ({result.cli_kills} of `python -m tensorstore_ds convert`, the rest "
+        f"of forked CLI runs) in {result.runs} runs, {len(result.outs)} conversion(s), "
+        f"by phase {dict(result.kills_by_phase)}; each final store byte-identical to an "
+        f"uninterrupted run: {tally.wrong == 0}"
+    )
     return tally
 
 
@@ -234,7 +267,7 @@ def disk_full(work: Path) -> Tally:
             except StoreWriteError as exc:
                 if "rerun the same convert command" not in str(exc) or exc.errno != 28:
                     tally.problems.append(f"{fraction:.0%}: unclear error {exc}")
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 tally.foreign.append(f"{fraction:.0%}: {type(exc).__name__}: {exc}")
         convert(src, out, **FAST)
         missing, diff = every_row_once(out, 40), differences(out, work / "ref")
@@ -246,9 +279,10 @@ def disk_full(work: Path) -> Tally:
 
 
 def worker_kills(work: Path) -> Tally:
+    import re
+
     from tensorstore_ds.conversion.api import convert
     from tests.test_crashes import FAST, KILLED, image_source, kill_a_dataloader_worker
-    import re
 
     tally = Tally("DataLoader worker SIGKILLed mid-epoch", unit="kills")
     src = image_source(work / "src", 60, size=12)
@@ -259,9 +293,12 @@ def worker_kills(work: Path) -> Tally:
         tally.leaked += len(result.leaked)
         if not re.match("RuntimeError: " + KILLED, result.error):
             (tally.problems if result.error.startswith("RuntimeError") else tally.foreign).append(
-                f"{mode}: {result.error or 'no error'}")
-        tally.notes.append(f"{mode}: {result.error[:70]}...; {result.served} of {result.samples} samples served "
-                           f"before; {len(result.leaked)} shared-memory files left")
+                f"{mode}: {result.error or 'no error'}"
+            )
+        tally.notes.append(
+            f"{mode}: {result.error[:70]}...; {result.served} of {result.samples} samples served "
+            f"before; {len(result.leaked)} shared-memory files left"
+        )
     return tally
 
 
@@ -370,14 +407,18 @@ def report(tallies: list[Tally]) -> str:
     head = f"{'':44s} {'tried':>7s} {'foreign':>8s} {'lost':>5s} {'wrong':>6s} {'leaked':>7s} {'broken':>7s}"
     lines += [head, "-" * len(head)]
     for t in tallies:
-        lines.append(f"{t.name:44s} {t.tried:7d} {len(t.foreign):8d} {t.lost:5d} {t.wrong:6d} {t.leaked:7d} "
-                     f"{len(t.problems):7d}   ({t.unit}, {t.seconds:.1f} s)")
+        lines.append(
+            f"{t.name:44s} {t.tried:7d} {len(t.foreign):8d} {t.lost:5d} {t.wrong:6d} {t.leaked:7d} "
+            f"{len(t.problems):7d}   ({t.unit}, {t.seconds:.1f} s)"
+        )
     totals = {
-        "distinct bad inputs tried (corpora + fuzz)": sum(t.tried for t in tallies if "fuzz" in t.name or
-                                                           t.name.startswith("hostile")),
+        "distinct bad inputs tried (corpora + fuzz)": sum(
+            t.tried for t in tallies if "fuzz" in t.name or t.name.startswith("hostile")
+        ),
         "damaged stores tried": sum(t.tried for t in tallies if t.name == "damaged stores"),
         "kill points tried (convert SIGKILL, ENOSPC, worker SIGKILL)": sum(
-            t.tried for t in tallies if t.unit in ("kill points", "failure points", "kills")),
+            t.tried for t in tallies if t.unit in ("kill points", "failure points", "kills")
+        ),
         "crashes not of our own error types (goal 0)": sum(len(t.foreign) for t in tallies),
         "samples lost or silently wrong (goal 0)": sum(t.lost + t.wrong for t in tallies),
         "damaged stores opened or read without an error (goal 0)": sum(t.accepted for t in tallies),

@@ -38,8 +38,10 @@ DEFAULT_OUT = ROOT / "tests" / "data" / "reference_store"
 MAX_BYTES = 100_000
 SIZE, CHUNK_ROWS, BAD_ROW = 8, 4, 4
 # Module constants of the writer that set the chunk sizes of small arrays and text.
-SMALL_CHUNKS = {"tensorstore_ds.conversion.writer": {"SMALL_CHUNK_ROWS": 4},
-                "tensorstore_ds.format.text": {"BYTES_CHUNK": 64, "OFFSETS_CHUNK": 4}}
+SMALL_CHUNKS = {
+    "tensorstore_ds.conversion.writer": {"SMALL_CHUNK_ROWS": 4},
+    "tensorstore_ds.format.text": {"BYTES_CHUNK": 64, "OFFSETS_CHUNK": 4},
+}
 CAPTIONS = [
     ["a red square", "un carré rouge"],
     ["ein grünes Quadrat über der Straße"],
@@ -47,7 +49,7 @@ CAPTIONS = [
     ["a yellow square"],
     ["never stored"],  # row 4: the image is broken
     ["Ελληνικά γράμματα", "emoji 🐱🚀", "third caption"],
-    ["plain ascii, with \"quotes\" and a\ttab"],
+    ['plain ascii, with "quotes" and a\ttab'],
 ]
 META = [{"id": i, "lang": lang} for i, lang in enumerate(["fr", "de", "ja", "en", "xx", "el", None])]
 
@@ -91,8 +93,16 @@ def build(out: Path) -> None:
         shutil.rmtree(out)
     with tempfile.TemporaryDirectory() as cache:
         datasets.config.HF_DATASETS_CACHE = cache
-        tensorstore_ds.convert(source(), out, image_column="image", image_size=SIZE, keep_columns=["meta"],
-                               chunk_mb=CHUNK_ROWS * SIZE * SIZE * 3 / 2**20, workers=0, progress=False)
+        tensorstore_ds.convert(
+            source(),
+            out,
+            image_column="image",
+            image_size=SIZE,
+            keep_columns=["meta"],
+            chunk_mb=CHUNK_ROWS * SIZE * SIZE * 3 / 2**20,
+            workers=0,
+            progress=False,
+        )
 
 
 def describe(out: Path) -> None:

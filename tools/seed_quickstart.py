@@ -43,7 +43,7 @@ TIMES: dict[str, float] = {}
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -54,8 +54,10 @@ def serve(root: Path, port: int) -> ThreadingHTTPServer:
         server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     except OSError:
         server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        print(f"port {port} is taken; serving on {server.server_port}: the image URLs change, so "
-              "this run converts again (give --port to keep one)")
+        print(
+            f"port {port} is taken; serving on {server.server_port}: the image URLs change, so "
+            "this run converts again (give --port to keep one)"
+        )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -114,6 +116,7 @@ def describe(batch: dict[str, list[Any]]) -> str:
 
 def quickstart_images(local_dataset: datasets.Dataset) -> None:
     from torch.utils.data import DataLoader
+
     from tensorstore_ds.compat import InMemoryImageTextDataset, collate_in_memory_images
 
     # Load and pre-load images
@@ -136,11 +139,13 @@ def quickstart_images(local_dataset: datasets.Dataset) -> None:
 
     # Use in training
     for batch in dataloader:
-        images = batch["images"]  # List of PIL Images
+        batch["images"]  # List of PIL Images
         captions = batch["captions"]  # List of strings
         # ... your training code ...
-    print(f"images: {len(dataset)} samples, failed source rows {dataset.failed_indices}; "
-          f"constructed in {TIMES['images']:.2f} s ({how(dataset)}); last batch: {describe(batch)}; e.g. {captions[0]!r}")
+    print(
+        f"images: {len(dataset)} samples, failed source rows {dataset.failed_indices}; "
+        f"constructed in {TIMES['images']:.2f} s ({how(dataset)}); last batch: {describe(batch)}; e.g. {captions[0]!r}"
+    )
 
 
 # --- the seed's Quick Start: audio -----------------------------------------------------------
@@ -148,6 +153,7 @@ def quickstart_images(local_dataset: datasets.Dataset) -> None:
 
 def quickstart_audio(local_dataset: datasets.Dataset) -> None:
     from torch.utils.data import DataLoader
+
     from tensorstore_ds.compat import InMemoryAudioTextDataset, collate_in_memory_audio
 
     # Load and pre-load audio
@@ -170,17 +176,23 @@ def quickstart_audio(local_dataset: datasets.Dataset) -> None:
 
     # Use in training
     for batch in dataloader:
-        audio = batch["audio"]  # List of np.ndarray
+        batch["audio"]  # List of np.ndarray
         captions = batch["captions"]  # List of strings
         # ... your training code ...
-    print(f"audio: {len(dataset)} samples, failed source rows {dataset.failed_indices}; "
-          f"constructed in {TIMES['audio']:.2f} s ({how(dataset)}); last batch: {describe(batch)}; e.g. {captions[0]!r}")
+    print(
+        f"audio: {len(dataset)} samples, failed source rows {dataset.failed_indices}; "
+        f"constructed in {TIMES['audio']:.2f} s ({how(dataset)}); last batch: {describe(batch)}; e.g. {captions[0]!r}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tensorstore_ds_seed_quickstart",
-                        help="where the generated JPEGs are kept between runs")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "tensorstore_ds_seed_quickstart",
+        help="where the generated JPEGs are kept between runs",
+    )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port of the local image server")
     parser.add_argument("--images", type=int, default=200, help="images in the pixmo-cap look-alike")
     parser.add_argument("--clips", type=int, default=16, help="clips in the MusicCaps look-alike")
@@ -189,8 +201,10 @@ def main(argv: list[str] | None = None) -> None:
     quickstart_audio(local_music_caps(args.clips))
     from tensorstore_ds.compat import cache_root
 
-    print(f"construction times: images {TIMES['images']:.2f} s, audio {TIMES['audio']:.2f} s "
-          f"(cache: {cache_root()}); a second run opens the cached stores")
+    print(
+        f"construction times: images {TIMES['images']:.2f} s, audio {TIMES['audio']:.2f} s "
+        f"(cache: {cache_root()}); a second run opens the cached stores"
+    )
 
 
 if __name__ == "__main__":

@@ -39,10 +39,16 @@ class ImageEncoder(nn.Module):
         super().__init__()
         self.net = nn.Sequential(
             nn.AvgPool2d(4),  # 224 -> 56: cheap enough for a CPU example
-            nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, dim))
+            nn.Conv2d(3, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(64, dim),
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float().div_(127.5).sub_(1.0)  # the store keeps raw uint8 pixels
@@ -75,9 +81,15 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torc
 def make_loader(store: Path, batch_size: int, workers: int) -> DataLoader:
     """The integration: a store served from shared memory, shuffled chunk by chunk."""
     ds = tsds.TensorStoreDataset(store, fields=["image", "caption"], progress=False)
-    return DataLoader(ds, batch_size=batch_size, sampler=tsds.ChunkShuffleSampler(ds),
-                      collate_fn=tsds.collate,  # one gather per batch, no per-item copies
-                      num_workers=workers, persistent_workers=workers > 0, drop_last=True)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=tsds.ChunkShuffleSampler(ds),
+        collate_fn=tsds.collate,  # one gather per batch, no per-item copies
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        drop_last=True,
+    )
 
 
 def sample_store(workdir: Path, count: int) -> Path:

@@ -5,118 +5,24 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from dataclasses import dataclass
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
-from .columns import ColumnPlan, captions_of, cast_media_features, clip_of, kept_of, media_of, plan_columns
-from .decode import decode_sample
-from .decode.audio import RESAMPLERS, AudioOptions
-from .decode.image import RESIZE_MODES, ImageOptions
 from ..errors import OptionsError, SampleError, SampleFailedError
-from .fetch import Fetcher, FetchOptions
 from ..format.layout import chunk_rows_for
 from ..format.manifest import Manifest
+from ..options import progress_disabled
+from .columns import ColumnPlan, captions_of, cast_media_features, clip_of, kept_of, media_of, plan_columns
+from .decode import decode_sample
+from .fetch import Fetcher
+from .options import ConvertOptions
 from .pipeline import Pipeline, Task
 from .sources import Source, open_source
 from .writer import Column, Plan, StoreWriter
 
 log = logging.getLogger("tensorstore_ds")
-
-
-@dataclass(frozen=True)
-class ConvertOptions:
-    """Every option of :func:`convert`; the CLI flags are these names with dashes.
-
-    The fields before ``workers`` decide what the store holds; a resumed
-    conversion must use the same values. The rest only decide how fast and how
-    loudly it runs.
-    """
-
-    image_column: str | None = None
-    audio_column: str | None = None
-    caption_column: str = "caption"
-    keep_columns: tuple[str, ...] = ()
-    audio_dir: str | None = None
-    audio_template: str | None = None
-    clip_start_column: str | None = None
-    clip_end_column: str | None = None
-    limit: int | None = None
-    image_size: int = 224
-    resize: str = "squash"
-    max_pixels: int = 89_478_485
-    jpeg_draft: bool = True
-    sample_rate: int = 16000
-    audio_seconds: float = 10.0
-    resampler: str = "soxr"
-    chunk_mb: float = 16.0
-    workers: int | None = None
-    split: str = "train"
-    fetch_concurrency: int = 64
-    timeout: float = 30.0
-    retries: int = 3
-    max_download_mb: float = 64.0
-    allow_schemes: tuple[str, ...] = ("http", "https")
-    on_error: str = "skip"
-    overwrite: bool = False
-    progress: bool = True
-    engine: str | None = None
-    scheduler: str | None = None
-    shards: int | None = None
-    shard: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.engine not in (None, "dask"):
-            raise OptionsError(f"engine must be 'dask' or None (the local process pool), not {self.engine!r}")
-        if self.shards is not None and self.shards < 1:
-            raise OptionsError(f"shards must be >= 1, not {self.shards}")
-        if self.shard is not None:
-            from .shards import parse_shard
-
-            parse_shard(self.shard)
-        if self.on_error not in ("skip", "fail"):
-            raise OptionsError(f"on_error must be 'skip' or 'fail', not {self.on_error!r}")
-        if self.resize not in RESIZE_MODES or self.resampler not in RESAMPLERS:
-            raise OptionsError(f"resize must be one of {RESIZE_MODES} and resampler one of {RESAMPLERS}")
-        if self.limit is not None and self.limit < 0:
-            raise OptionsError(f"limit must be >= 0, not {self.limit}")
-        if self.workers is not None and self.workers < 0:
-            raise OptionsError(f"workers must be >= 0, not {self.workers}")
-        if self.chunk_mb <= 0 or self.fetch_concurrency < 1:
-            raise OptionsError("chunk_mb must be > 0 and fetch_concurrency >= 1")
-        try:  # the decoders and the fetcher check the rest; fail here, before a store is started
-            ImageOptions(self.image_size, self.resize, self.max_pixels, self.jpeg_draft)
-            AudioOptions(self.sample_rate, self.audio_seconds, self.resampler)
-            self.fetch_options()
-        except ValueError as exc:
-            raise OptionsError(str(exc)) from None
-
-    def fetch_options(self) -> FetchOptions:
-        """How URLs are downloaded."""
-        return FetchOptions(connect_timeout=min(10.0, self.timeout), read_timeout=self.timeout,
-                            retries=self.retries, max_bytes=int(self.max_download_mb * 2**20),
-                            allowed_schemes=tuple(self.allow_schemes))
-
-    @classmethod
-    def from_kwargs(cls, options: dict[str, Any]) -> ConvertOptions:
-        """Build options from keyword arguments, naming any unknown one."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise OptionsError(f"unknown convert option(s) {unknown}; known: {sorted(known)}")
-        for name in ("keep_columns", "allow_schemes"):
-            if isinstance(options.get(name), str):
-                options = {**options, name: tuple(c for c in options[name].split(",") if c)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
-
-    def preprocessing(self, columns: ColumnPlan, chunk_rows: int) -> dict[str, Any]:
-        """The options that decide the store's content, as recorded in the manifest."""
-        names = [f.name for f in dataclasses.fields(self)]
-        content = names[: names.index("workers")]
-        doc = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items() if k in content}
-        doc.update(media=columns.media, media_column=columns.media_column, chunk_rows=chunk_rows)
-        return doc
 
 
 def convert(source: Any, out: str | os.PathLike[str], client: Any = None, **options: Any) -> Manifest:
@@ -157,13 +63,22 @@ def convert(source: Any, out: str | os.PathLike[str], client: Any = None, **opti
     return convert_rows(source, out, opts)
 
 
-def convert_rows(source: Any, out: str | os.PathLike[str], opts: ConvertOptions,
-                 shard: tuple[int, int] | None = None) -> Manifest:
+def convert_rows(
+    source: Any, out: str | os.PathLike[str], opts: ConvertOptions, shard: tuple[int, int] | None = None
+) -> Manifest:
     """Convert all rows of ``source``, or only shard ``(K, N)`` of them, into ``out``."""
     src = open_source(source, split=opts.split)
-    columns = plan_columns(src, opts.image_column, opts.audio_column, opts.caption_column,
-                           opts.keep_columns, opts.audio_dir, opts.audio_template,
-                           opts.clip_start_column, opts.clip_end_column)
+    columns = plan_columns(
+        src,
+        opts.image_column,
+        opts.audio_column,
+        opts.caption_column,
+        opts.keep_columns,
+        opts.audio_dir,
+        opts.audio_template,
+        opts.clip_start_column,
+        opts.clip_end_column,
+    )
     src = cast_media_features(src, columns)
     plan = _plan(opts, columns, src)
     if shard is not None:
@@ -195,16 +110,21 @@ def _plan(opts: ConvertOptions, columns: ColumnPlan, src: Source) -> Plan:
         s = opts.image_size
         media = (Column("images", (s, s, 3), "uint8", True), Column("image_size", (2,), "int32", False))
     else:
-        n = AudioOptions(opts.sample_rate, opts.audio_seconds, opts.resampler).num_samples
+        n = opts.audio_options().num_samples
         media = (Column("audio", (n,), "float16", True), Column("audio_length", (), "int32", False))
     row_bytes = int(np.prod(media[0].row_shape)) * np.dtype(media[0].dtype).itemsize
     chunk_rows = chunk_rows_for(row_bytes, int(opts.chunk_mb * 2**20))
     text = {"caption": "utf-8"}
     if columns.multi_caption:
         text["captions"] = "json"
-    text.update({name: "json" for name in columns.keep_columns})
-    return Plan(media + (Column("source_row", (), "int64", False),), text, chunk_rows,
-                opts.preprocessing(columns, chunk_rows), src.describe())
+    text.update(dict.fromkeys(columns.keep_columns, "json"))
+    return Plan(
+        (*media, Column("source_row", (), "int64", False)),
+        text,
+        chunk_rows,
+        {**opts.content(), "media": columns.media, "media_column": columns.media_column, "chunk_rows": chunk_rows},
+        src.describe(),
+    )
 
 
 def _run(src: Source, columns: ColumnPlan, opts: ConvertOptions, writer: StoreWriter) -> None:
@@ -214,8 +134,14 @@ def _run(src: Source, columns: ColumnPlan, opts: ConvertOptions, writer: StoreWr
     total = src.num_rows if stop is None else (min(stop, src.num_rows) if src.num_rows is not None else stop)
     workers = (os.cpu_count() or 1) if opts.workers is None else opts.workers
     fetcher = Fetcher(opts.fetch_options(), concurrency=opts.fetch_concurrency)
-    bar = tqdm(total=total, initial=writer.next_row, unit="sample", disable=not opts.progress,
-               desc=f"converting {src.spec}"[:60], dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        initial=writer.next_row,
+        unit="sample",
+        disable=progress_disabled(opts.progress),
+        desc=f"converting {src.spec}"[:60],
+        dynamic_ncols=True,
+    )
     with bar, Pipeline(decode_sample, workers, fetcher, opts.fetch_concurrency, _canary(columns.media)) as pipe:
         for task, outcome in pipe.map(_tasks(src, columns, opts, writer)):
             _record(writer, task, outcome, opts)
@@ -240,8 +166,7 @@ def _canary(media: str) -> bytes:
 
 
 def _tasks(src: Source, columns: ColumnPlan, opts: ConvertOptions, writer: StoreWriter) -> Iterator[Task]:
-    image = ImageOptions(opts.image_size, opts.resize, opts.max_pixels, opts.jpeg_draft)
-    audio = AudioOptions(opts.sample_rate, opts.audio_seconds, opts.resampler)
+    image, audio = opts.image_options(), opts.audio_options()
     for row, values in src.rows(writer.next_row, opts.limit):
         key = "?"
         try:

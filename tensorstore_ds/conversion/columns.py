@@ -62,10 +62,17 @@ class ColumnPlan:
     media_dtype: str | None = None
 
 
-def plan_columns(source: Source, image_column: str | None, audio_column: str | None,
-                 caption_column: str, keep_columns: tuple[str, ...], audio_dir: str | None,
-                 audio_template: str | None, clip_start_column: str | None,
-                 clip_end_column: str | None) -> ColumnPlan:
+def plan_columns(
+    source: Source,
+    image_column: str | None,
+    audio_column: str | None,
+    caption_column: str,
+    keep_columns: tuple[str, ...],
+    audio_dir: str | None,
+    audio_template: str | None,
+    clip_start_column: str | None,
+    clip_end_column: str | None,
+) -> ColumnPlan:
     """Check every named column against the source and pick the media column."""
     available = source.columns
     if image_column and (audio_column or audio_template):
@@ -86,14 +93,25 @@ def plan_columns(source: Source, image_column: str | None, audio_column: str | N
             raise ColumnNotFoundError(role, name, available)
     for name in keep_columns:
         if name in ("caption", "captions") or not KEPT_NAME.fullmatch(name) or list(keep_columns).count(name) > 1:
-            raise OptionsError(f"kept column {name!r} cannot be stored: kept columns are stored under their "
-                               "own name, which must be unique, not 'caption' or 'captions', and made of "
-                               "letters, digits, '_', '.' and '-'")
+            raise OptionsError(
+                f"kept column {name!r} cannot be stored: kept columns are stored under their "
+                "own name, which must be unique, not 'caption' or 'captions', and made of "
+                "letters, digits, '_', '.' and '-'"
+            )
     feature = (source.dataset.features or {}).get(caption_column)
     multi = type(feature).__name__ in ("Sequence", "List", "LargeList")
     dtype = _array_dtype((source.dataset.features or {}).get(column or ""))
-    return ColumnPlan(media, column, audio_dir, audio_template, (clip_start_column, clip_end_column),
-                      caption_column, multi, tuple(keep_columns), dtype)
+    return ColumnPlan(
+        media,
+        column,
+        audio_dir,
+        audio_template,
+        (clip_start_column, clip_end_column),
+        caption_column,
+        multi,
+        tuple(keep_columns),
+        dtype,
+    )
 
 
 def _array_dtype(feature: Any) -> str | None:
@@ -112,8 +130,9 @@ def _array_dtype(feature: Any) -> str | None:
     return dtype.name if dtype.kind in "uif" else None
 
 
-def _media_role(source: Source, image_column: str | None, audio_column: str | None,
-                audio_template: str | None) -> tuple[str, str | None]:
+def _media_role(
+    source: Source, image_column: str | None, audio_column: str | None, audio_template: str | None
+) -> tuple[str, str | None]:
     if image_column:
         return "image", image_column
     if audio_column or audio_template:
@@ -130,8 +149,9 @@ def _media_role(source: Source, image_column: str | None, audio_column: str | No
     if "file_name" in source.columns and source.kind == "folder":
         first = next(iter(source.rows(0, 1)), (0, {}))[1].get("file_name") or ""
         return ("audio" if Path(first).suffix.lower() in AUDIO_EXTS else "image"), "file_name"
-    raise OptionsError(f"cannot tell which column holds the media; columns: {source.columns}; "
-                       "give image_column= or audio_column=")
+    raise OptionsError(
+        f"cannot tell which column holds the media; columns: {source.columns}; give image_column= or audio_column="
+    )
 
 
 def _template_fields(template: str | None) -> list[str]:

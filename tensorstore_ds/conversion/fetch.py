@@ -21,14 +21,14 @@ import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import urllib3
 from urllib3 import exceptions as u3
 
 from .._version import __version__
-from ..errors import FetchError
+from ..errors import FetchError, OptionsError
 
 __all__ = ["DEFAULT_USER_AGENT", "FetchOptions", "Fetcher"]
 
@@ -110,7 +110,7 @@ class FetchOptions:
 
 
 def _invalid(name: str, expected: str, value: object) -> NoReturn:
-    raise ValueError(f"FetchOptions.{name} must be {expected}, got {value!r}")
+    raise OptionsError(f"FetchOptions.{name} must be {expected}, got {value!r}")
 
 
 class _Retry(Exception):
@@ -142,9 +142,9 @@ class Fetcher:
 
     def __init__(self, options: FetchOptions = FetchOptions(), concurrency: int = 64) -> None:
         if not isinstance(options, FetchOptions):
-            raise ValueError(f"options must be a FetchOptions, got {type(options).__name__}")
+            raise OptionsError(f"options must be a FetchOptions, got {type(options).__name__}")
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ValueError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+            raise OptionsError(f"concurrency must be an integer >= 1, got {concurrency!r}")
         self.options = options
         self.concurrency = concurrency
         self._pool: urllib3.PoolManager | None = None
@@ -248,7 +248,11 @@ class Fetcher:
         )
         try:
             return self._manager().request(
-                "GET", current, timeout=timeout, retries=False, redirect=False,
+                "GET",
+                current,
+                timeout=timeout,
+                retries=False,
+                redirect=False,
                 preload_content=False,
             )
         except Exception as exc:
@@ -387,8 +391,8 @@ def _retry_after(value: str | None) -> float | None:
         except (TypeError, ValueError, IndexError):
             return None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = (when - datetime.now(timezone.utc)).total_seconds()
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
     return None if math.isnan(seconds) else max(seconds, 0.0)
 
 

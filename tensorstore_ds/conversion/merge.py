@@ -21,12 +21,14 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..errors import OptionsError, StoreFormatError, StoresMismatchError
-from ..format.manifest import Manifest
+from ..format.manifest import MANIFEST, Manifest
+from ..options import progress_disabled
 from ..store.chunked import ChunkedArray
 from ..store.store import Store, open_store
 from .writer import Column, Plan, StoreWriter
@@ -34,8 +36,12 @@ from .writer import Column, Plan, StoreWriter
 MEDIA = ("images", "audio")
 
 
-def merge(out: str | os.PathLike[str], stores: Sequence[str | os.PathLike[str]], progress: bool = True,
-          source: dict[str, Any] | None = None) -> Manifest:
+def merge(
+    out: str | os.PathLike[str],
+    stores: Sequence[str | os.PathLike[str]],
+    progress: bool = True,
+    source: dict[str, Any] | None = None,
+) -> Manifest:
     """Merge stores made from consecutive parts of one source into one store at ``out``.
 
     Parameters
@@ -94,20 +100,25 @@ def _check_same(first: Store, other: Store) -> None:
 def _rows_read(store: Store) -> int:
     rows = store.manifest.counts.get("rows_read")
     if not isinstance(rows, int) or rows < len(store):
-        raise StoreFormatError(store.files.where("manifest.json"), f"counts.rows_read is {rows!r}, not a row count")
+        raise StoreFormatError(store.files.where(MANIFEST), f"counts.rows_read is {rows!r}, not a row count")
     return rows
 
 
 def _plan(parts: list[Store]) -> Plan:
     first = parts[0].manifest
     media = next(n for n in MEDIA if n in first.arrays)
-    columns = tuple(Column(n, s.row_shape, s.dtype, n == media) for n, s in first.arrays.items()
-                    if not n.startswith("text/"))
+    columns = tuple(
+        Column(n, s.row_shape, s.dtype, n == media) for n, s in first.arrays.items() if not n.startswith("text/")
+    )
     fingerprint = hashlib.sha256(json.dumps([p.manifest.files for p in parts], sort_keys=True).encode()).hexdigest()
     rows = [p.manifest.source.get("num_rows") for p in parts]
-    source = {"kind": "merged", "spec": " + ".join(p.location for p in parts), "fingerprint": fingerprint,
-              "num_rows": sum(rows) if all(isinstance(r, int) for r in rows) else None,
-              "parts": [p.manifest.source for p in parts]}
+    source = {
+        "kind": "merged",
+        "spec": " + ".join(p.location for p in parts),
+        "fingerprint": fingerprint,
+        "num_rows": sum(rows) if all(isinstance(r, int) for r in rows) else None,
+        "parts": [p.manifest.source for p in parts],
+    }
     return Plan(columns, dict(first.text), first.arrays[media].chunk_rows, dict(first.options), source)
 
 
@@ -115,8 +126,14 @@ def _copy(parts: list[Store], writer: StoreWriter, progress: bool) -> None:
     from tqdm.auto import tqdm
 
     total = sum(_rows_read(p) for p in parts)
-    with tqdm(total=total, initial=writer.next_row, unit="row", disable=not progress, desc="merging",
-              dynamic_ncols=True) as bar:
+    with tqdm(
+        total=total,
+        initial=writer.next_row,
+        unit="row",
+        disable=progress_disabled(progress),
+        desc="merging",
+        dynamic_ncols=True,
+    ) as bar:
         offset = 0
         for store in parts:
             rows = _rows_read(store)

@@ -19,10 +19,11 @@ from __future__ import annotations
 import multiprocessing
 import threading
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from ..errors import DecoderStartError, SampleError
 from .fetch import Fetcher
@@ -78,8 +79,14 @@ class Pipeline:
         decodes it before the sample is blamed.
     """
 
-    def __init__(self, decode: Callable[..., dict[str, Any]], workers: int,
-                 fetcher: Fetcher | None = None, fetch_threads: int = 64, canary: Any = None) -> None:
+    def __init__(
+        self,
+        decode: Callable[..., dict[str, Any]],
+        workers: int,
+        fetcher: Fetcher | None = None,
+        fetch_threads: int = 64,
+        canary: Any = None,
+    ) -> None:
         self.decode = decode
         self.workers = workers
         self.fetcher = fetcher
@@ -148,8 +155,11 @@ class Pipeline:
             self._solo.shutdown(wait=False, cancel_futures=True)
             self._solo = None
             self._check_decoders_run(task)
-            return SampleError("decoder-crashed", "the decoding process died on this sample (a decoder crash or "
-                                                  "the out-of-memory killer); the other samples were decoded")
+            return SampleError(
+                "decoder-crashed",
+                "the decoding process died on this sample (a decoder crash or "
+                "the out-of-memory killer); the other samples were decoded",
+            )
 
     def _check_decoders_run(self, task: Task) -> None:
         """Blame a sample only if a fresh decode process decodes a known-good sample.

@@ -87,18 +87,28 @@ def _finished_shards(root: Path) -> list[Path]:
         if match:
             found.setdefault(int(match.group(2)), {})[int(match.group(1))] = entry
     if len(found) != 1:
-        raise StoreError(f"{root}: expected the shards of one split under {SHARDS_DIR}/, found "
-                         f"{sorted(found) or 'none'} shard counts")
+        raise StoreError(
+            f"{root}: expected the shards of one split under {SHARDS_DIR}/, found "
+            f"{sorted(found) or 'none'} shard counts"
+        )
     n, shards = next(iter(found.items()))
     missing = [k for k in range(n) if k not in shards or not (shards[k] / MANIFEST).exists()]
     if missing:
-        raise StoreError(f"{root}: shards {missing} of {n} are missing or unfinished; "
-                         f"convert them with --shard K/{n} before committing")
+        raise StoreError(
+            f"{root}: shards {missing} of {n} are missing or unfinished; "
+            f"convert them with --shard K/{n} before committing"
+        )
     return [shards[k] for k in range(n)]
 
 
-def convert_on_dask(source: Any, out: str | os.PathLike[str], client: Any = None, scheduler: str | None = None,
-                    shards: int | None = None, **options: Any) -> Manifest:
+def convert_on_dask(
+    source: Any,
+    out: str | os.PathLike[str],
+    client: Any = None,
+    scheduler: str | None = None,
+    shards: int | None = None,
+    **options: Any,
+) -> Manifest:
     """Convert every shard as a task on a Dask distributed cluster, then commit.
 
     Parameters
@@ -121,8 +131,15 @@ def convert_on_dask(source: Any, out: str | os.PathLike[str], client: Any = None
         threads = sum(client.nthreads().values()) or 1
         n = shards or 4 * threads
         task_options = {**options, "workers": 0, "progress": False}
-        futures = client.map(_shard_task, [source] * n, [str(out)] * n, [(k, n) for k in range(n)],
-                             [task_options] * n, retries=2, pure=False)
+        futures = client.map(
+            _shard_task,
+            [source] * n,
+            [str(out)] * n,
+            [(k, n) for k in range(n)],
+            [task_options] * n,
+            retries=2,
+            pure=False,
+        )
         client.gather(futures)
     finally:
         if own:

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from ..errors import SourceError
 
@@ -159,8 +160,11 @@ def _open_folder(path: Path, split: str, kwargs: dict[str, Any]) -> Source:
     if "file_name" not in ds.column_names:
         raise SourceError(f"{meta} has no 'file_name' column; columns: {ds.column_names}")
     root = str(path.resolve())
-    ds = ds.map(lambda b: {"file_name": [os.path.join(root, f) if f else f for f in b["file_name"]]},
-                batched=True, desc="resolving file names")
+    ds = ds.map(
+        lambda b: {"file_name": [os.path.join(root, f) if f else f for f in b["file_name"]]},
+        batched=True,
+        desc="resolving file names",
+    )
     return Source(ds, "folder", str(path), ds._fingerprint, path.resolve())
 
 

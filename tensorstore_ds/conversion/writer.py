@@ -27,9 +27,17 @@ from typing import Any
 
 import numpy as np
 
-from ..format.hashing import checksum_files, store_files
 from ..errors import OptionsMismatchError, StoreError, StoreLockedError, StoreWriteError
-from ..format.layout import TEMP_FILE, ArraySpec, write_array, write_array_metadata, write_chunk, write_group_metadata, write_json_atomic
+from ..format.hashing import checksum_files, store_files
+from ..format.layout import (
+    TEMP_FILE,
+    ArraySpec,
+    write_array,
+    write_array_metadata,
+    write_chunk,
+    write_group_metadata,
+    write_json_atomic,
+)
 from ..format.manifest import FAILURES, FORMAT_VERSION, MANIFEST, RESERVED_DIRS, WORK_DIR, Manifest
 from ..format.text import TextColumnWriter, text_specs
 
@@ -153,8 +161,9 @@ class StoreWriter:
         is_store = any((self.root / p).exists() for p in (MANIFEST, "zarr.json", f"{WORK_DIR}/state.json"))
         others = [e.name for e in self.root.iterdir() if e.name not in RESERVED_DIRS]
         if others and not is_store:
-            self._refuse(f"refusing to overwrite {self.root}: it holds {sorted(others)[:5]} "
-                         "and is not a tensorstore_ds store")
+            self._refuse(
+                f"refusing to overwrite {self.root}: it holds {sorted(others)[:5]} and is not a tensorstore_ds store"
+            )
         for entry in self.root.iterdir():
             if entry.name in RESERVED_DIRS:
                 continue
@@ -179,8 +188,10 @@ class StoreWriter:
         state_path = self.work / "state.json"
         if not state_path.exists():
             if others:
-                self._refuse(f"{self.root} is not empty and is not a tensorstore_ds store "
-                             f"(holds {sorted(others)[:5]}); choose an empty directory or overwrite=True")
+                self._refuse(
+                    f"{self.root} is not empty and is not a tensorstore_ds store "
+                    f"(holds {sorted(others)[:5]}); choose an empty directory or overwrite=True"
+                )
             self._write_state()  # first: a crash between the two must not make the store look foreign
             write_group_metadata(self.root, FORMAT_VERSION)
             return
@@ -193,8 +204,9 @@ class StoreWriter:
             if not all(type(c) is int and c >= 0 for c in counts):
                 raise ValueError(f"counts {counts} are not non-negative integers")
         except (KeyError, TypeError, ValueError) as exc:
-            raise StoreError(f"the resume state {state_path} is damaged ({exc!r}); "
-                             "rerun with overwrite=True to start over") from None
+            raise StoreError(
+                f"the resume state {state_path} is damaged ({exc!r}); rerun with overwrite=True to start over"
+            ) from None
         self._check_options(stored)
         if source.get("fingerprint") != self.plan.source.get("fingerprint"):
             raise OptionsMismatchError(self.root, "source", source.get("spec"), self.plan.source.get("spec"))
@@ -250,8 +262,12 @@ class StoreWriter:
 
     def _write_state(self) -> None:
         state = {
-            "chunks": self.chunks, "next_row": self.next_row, "converted": self.converted,
-            "failed": self.failed, "options": self.plan.options, "source": self.plan.source,
+            "chunks": self.chunks,
+            "next_row": self.next_row,
+            "converted": self.converted,
+            "failed": self.failed,
+            "options": self.plan.options,
+            "source": self.plan.source,
         }
         write_json_atomic(self.work / "state.json", state)
         self.committed = self.converted
@@ -285,10 +301,17 @@ class StoreWriter:
             self._commit(max(tail, 0))
         arrays, failures_by_reason = self._compact()
         manifest = Manifest(
-            num_samples=self.converted, arrays=arrays, text=dict(self.plan.text),
-            options=self.plan.options, source=self.plan.source,
-            counts={**counts, "converted": self.converted, "failed": self.failed,
-                    "failed_by_reason": failures_by_reason},
+            num_samples=self.converted,
+            arrays=arrays,
+            text=dict(self.plan.text),
+            options=self.plan.options,
+            source=self.plan.source,
+            counts={
+                **counts,
+                "converted": self.converted,
+                "failed": self.failed,
+                "failed_by_reason": failures_by_reason,
+            },
         )
         self._remove_temp_files()
         manifest.files = checksum_files(self.root, store_files(self.root), progress=progress)
@@ -318,8 +341,8 @@ class StoreWriter:
         with open(self.root / f".{FAILURES}.tmp", "w", encoding="utf-8") as failures:
             for k in range(self.chunks):
                 part = _read_json(self.work / "parts" / f"{k:08d}.json", "part file")
-                for name in small:
-                    small[name].extend(part["small"][name])
+                for name, values in small.items():
+                    values.extend(part["small"][name])
                 for name, writer in texts.items():
                     writer.extend(part["text"][name])
                 for record in part["failures"]:

@@ -33,8 +33,12 @@ def _noise(height: int, width: int) -> np.ndarray:
     return np.random.default_rng(height * 100_003 + width).normal(0, 12, (height, width, 3)).astype(np.int16)
 
 
-def make_image_folder(root: str | Path, count: int, sizes: tuple[tuple[int, int], ...] = ((640, 480), (800, 600), (1024, 768)),
-                      seed: int = 0) -> Path:
+def make_image_folder(
+    root: str | Path,
+    count: int,
+    sizes: tuple[tuple[int, int], ...] = ((640, 480), (800, 600), (1024, 768)),
+    seed: int = 0,
+) -> Path:
     """Write ``count`` JPEGs and a ``metadata.jsonl`` with captions into ``root``."""
     from PIL import Image
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
+from ..options import progress_disabled
 from .manifest import MANIFEST, RESERVED_DIRS
 
 BLOCK = 4 * 2**20
@@ -42,16 +44,17 @@ def store_files(root: Path) -> list[str]:
     return [f for f in found if f != MANIFEST and not Path(f).name.startswith(f".{MANIFEST}")]
 
 
-def checksum_files(root: Path, names: Iterable[str], threads: int = 4, progress: bool = False,
-                   desc: str = "checksums") -> dict[str, dict[str, Any]]:
+def checksum_files(
+    root: Path, names: Iterable[str], threads: int = 4, progress: bool = False, desc: str = "checksums"
+) -> dict[str, dict[str, Any]]:
     """``{name: {"size", "sha256"}}`` for the given store-relative files."""
     from tqdm.auto import tqdm
 
     names = list(names)
     total = sum((root / n).stat().st_size for n in names)
-    with tqdm(total=total, unit="B", unit_scale=True, disable=not progress, desc=desc) as bar, \
-            ThreadPoolExecutor(threads) as pool:
+    with (
+        tqdm(total=total, unit="B", unit_scale=True, disable=progress_disabled(progress), desc=desc) as bar,
+        ThreadPoolExecutor(threads) as pool,
+    ):
         results = list(pool.map(lambda n: hash_file(root / n, bar), names))
     return {n: {"size": size, ALGORITHM: digest} for n, (size, digest) in zip(names, results)}
-
-

@@ -166,8 +166,13 @@ class Manifest:
             if type(size) is not int or size < 0 or not isinstance(entry.get("sha256"), str):
                 raise StoreFormatError(path, f"files entry {name!r} is {short_repr(entry)}, not a size and a sha256")
         return cls(
-            n, arrays, text, files=files, format_version=version,
-            library_version=_label(doc.get("library_version")), created=_label(doc.get("created")),
+            n,
+            arrays,
+            text,
+            files=files,
+            format_version=version,
+            library_version=_label(doc.get("library_version")),
+            created=_label(doc.get("created")),
             **parts,
         )
 

@@ -14,13 +14,14 @@ per sample (caption lists, kept columns). Any Zarr v3 reader can read it::
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from ..errors import StoreFormatError
-from .layout import ArraySpec, write_array, write_chunk, write_array_metadata
+from .layout import ArraySpec, write_array, write_array_metadata, write_chunk
 
 BYTES_CHUNK = 16 * 2**20
 OFFSETS_CHUNK = 2**20
@@ -125,8 +126,9 @@ class TextColumn:
             return raw.decode("utf-8") if self.encoding == "utf-8" else json.loads(raw)
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
             raise StoreFormatError(
-                self.where, f"value {i} (bytes {start}..{stop}) is not valid {self.encoding} ({exc}); "
-                "the store is damaged: run tensorstore_ds.verify on it"
+                self.where,
+                f"value {i} (bytes {start}..{stop}) is not valid {self.encoding} ({exc}); "
+                "the store is damaged: run tensorstore_ds.verify on it",
             ) from None
 
     def take(self, indices: Iterable[int]) -> list[Any]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -32,8 +32,14 @@ class Batch(Sequence):  # type: ignore[type-arg]
         ``(slot tensor, state tensor, slot number, bytes, layout)``.
     """
 
-    def __init__(self, indices: np.ndarray, arrays: dict[str, np.ndarray], text: dict[str, list[Any]],
-                 channels_last: bool = False, slot: tuple[Any, ...] | None = None) -> None:
+    def __init__(
+        self,
+        indices: np.ndarray,
+        arrays: dict[str, np.ndarray],
+        text: dict[str, list[Any]],
+        channels_last: bool = False,
+        slot: tuple[Any, ...] | None = None,
+    ) -> None:
         self.indices = indices
         self.arrays = arrays
         self.text = text
@@ -98,8 +104,9 @@ class SharedBatch(dict):  # type: ignore[type-arg]
         return (_rebuild_shared, (b.slot, b.indices, b.text, b.channels_last))
 
 
-def _rebuild_shared(slot: tuple[Any, ...], indices: np.ndarray, text: dict[str, list[Any]],
-                    channels_last: bool) -> dict[str, Any]:
+def _rebuild_shared(
+    slot: tuple[Any, ...], indices: np.ndarray, text: dict[str, list[Any]], channels_last: bool
+) -> dict[str, Any]:
     from .ring import carve, slot_view
 
     memory, state, s, nbytes, layout = slot

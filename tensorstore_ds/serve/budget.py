@@ -29,8 +29,10 @@ def _meminfo_available() -> int:
 
 def _cgroup_room() -> int | None:
     """Limit minus usage of this process's cgroup (v2, else v1), if limited."""
-    for limit_file, usage_file in (("memory.max", "memory.current"),
-                                   ("memory.limit_in_bytes", "memory.usage_in_bytes")):
+    for limit_file, usage_file in (
+        ("memory.max", "memory.current"),
+        ("memory.limit_in_bytes", "memory.usage_in_bytes"),
+    ):
         for base in _cgroup_dirs():
             try:
                 raw = (base / limit_file).read_text().strip()

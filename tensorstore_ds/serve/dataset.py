@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch.utils.data
 
-from .batch import Batch, item_of
-from ..units import format_bytes
-from .budget import resolve_budget
 from ..errors import BudgetError, OptionsError
+from ..options import progress_disabled
 from ..store.chunked import ChunkedArray
-from .shm import RamArray, SharedBuffer
-from .ring import carve, layout_bytes, process_ring
 from ..store.store import MEDIA_FIELDS, Store, open_store
+from ..units import format_bytes
+from .batch import Batch, item_of
+from .budget import resolve_budget
+from .ring import carve, layout_bytes, process_ring
+from .shm import RamArray, SharedBuffer
 
 log = logging.getLogger("tensorstore_ds")
 MODES = ("auto", "ram", "paged")
@@ -62,15 +64,24 @@ class TensorStoreDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
             return super().__new__(MultiStoreDataset)
         return super().__new__(cls)
 
-    def __init__(self, path: str | os.PathLike[str] | Store, fields: Sequence[str] | None = None,
-                 memory_budget: int | float | str = "auto", mode: str = "auto",
-                 transform: Callable[[dict[str, Any]], Any] | None = None, channels_last: bool = False,
-                 progress: bool = True, cache_dir: str | os.PathLike[str] | None = None,
-                 cache_limit: int | str | None = None, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | Store,
+        fields: Sequence[str] | None = None,
+        memory_budget: int | float | str = "auto",
+        mode: str = "auto",
+        transform: Callable[[dict[str, Any]], Any] | None = None,
+        channels_last: bool = False,
+        progress: bool = True,
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_limit: int | str | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
         if mode not in MODES:
             raise OptionsError(f"mode must be one of {MODES}, not {mode!r}")
-        self.store: Store = path if isinstance(path, Store) else open_store(path, cache_dir, cache_limit,
-                                                                             storage_options)
+        self.store: Store = (
+            path if isinstance(path, Store) else open_store(path, cache_dir, cache_limit, storage_options)
+        )
         self.path = self.store.path
         self.transform = transform
         self.channels_last = channels_last
@@ -78,8 +89,9 @@ class TensorStoreDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
         self.arrays_fields, self.text_fields = _select(self.store, fields)
         self.nbytes = sum(self.store.field_nbytes(f) for f in self.arrays_fields + self.text_fields)
         self.mode, self.mode_reason = _decide(mode, self.nbytes, self.budget)
-        log.info("tensorstore_ds: %s serves %s in %s mode: %s", self.store.location, self.fields, self.mode,
-                 self.mode_reason)
+        log.info(
+            "tensorstore_ds: %s serves %s in %s mode: %s", self.store.location, self.fields, self.mode, self.mode_reason
+        )
         texts = [f"text/{t}/{part}" for t in self.text_fields for part in ("bytes", "offsets")]
         self.store.fetch(texts + (self.arrays_fields if self.mode == "ram" else []), progress)
         self._text = _load_text(self.store, self.text_fields)
@@ -109,8 +121,10 @@ class TensorStoreDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
         if self.mode == "paged":
             media_bytes = max(1, self.budget - sum(self.store.field_nbytes(t) for t in self.text_fields))
             share = media_bytes // max(1, len(self.arrays_fields))
-            return {f: ChunkedArray(self.path, self.store.manifest.arrays[f], share, self.store.files)
-                    for f in self.arrays_fields}
+            return {
+                f: ChunkedArray(self.path, self.store.manifest.arrays[f], share, self.store.files)
+                for f in self.arrays_fields
+            }
         return {f: _load_ram(self.store.array(f), progress) for f in self.arrays_fields}
 
     def __len__(self) -> int:
@@ -154,8 +168,10 @@ class TensorStoreDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
                 array.close()
 
     def __repr__(self) -> str:
-        return (f"TensorStoreDataset({self.store.location!r}, samples={len(self)}, fields={self.fields}, "
-                f"mode={self.mode!r}, {format_bytes(self.nbytes)} of budget {format_bytes(self.budget)})")
+        return (
+            f"TensorStoreDataset({self.store.location!r}, samples={len(self)}, fields={self.fields}, "
+            f"mode={self.mode!r}, {format_bytes(self.nbytes)} of budget {format_bytes(self.budget)})"
+        )
 
 
 def _public(array_name: str) -> str:
@@ -196,8 +212,13 @@ def _load_ram(array: ChunkedArray, progress: bool) -> RamArray:
 
     buffer = SharedBuffer.create(array.spec.nbytes)
     target = buffer.array(array.spec.dtype, array.spec.shape)
-    with tqdm(total=array.spec.nbytes, unit="B", unit_scale=True, disable=not progress,
-              desc=f"loading {array.spec.name} into RAM") as bar:
+    with tqdm(
+        total=array.spec.nbytes,
+        unit="B",
+        unit_scale=True,
+        disable=progress_disabled(progress),
+        desc=f"loading {array.spec.name} into RAM",
+    ) as bar:
         array.read_into(target, bar)
     array.close()
     return RamArray(buffer, array.spec.dtype, array.spec.shape)

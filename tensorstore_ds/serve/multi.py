@@ -11,15 +11,16 @@ gathered from each, and put back in the batch's order.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+from ..errors import OptionsError, StoresMismatchError
+from ..store.store import Store, is_url, open_store
 from ..units import format_bytes
 from .budget import resolve_budget
 from .dataset import MODES, TensorStoreDataset, _decide, _select
-from ..errors import OptionsError, StoresMismatchError
-from ..store.store import Store, is_url, open_store
 
 
 class MultiStoreDataset(TensorStoreDataset):
@@ -36,11 +37,19 @@ class MultiStoreDataset(TensorStoreDataset):
         For stores at URLs (``cache_dir`` only with a single remote store).
     """
 
-    def __init__(self, paths: Sequence[str | os.PathLike[str] | Store], fields: Sequence[str] | None = None,
-                 memory_budget: int | float | str = "auto", mode: str = "auto",
-                 transform: Callable[[dict[str, Any]], Any] | None = None, channels_last: bool = False,
-                 progress: bool = True, cache_dir: str | os.PathLike[str] | None = None,
-                 cache_limit: int | str | None = None, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike[str] | Store],
+        fields: Sequence[str] | None = None,
+        memory_budget: int | float | str = "auto",
+        mode: str = "auto",
+        transform: Callable[[dict[str, Any]], Any] | None = None,
+        channels_last: bool = False,
+        progress: bool = True,
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_limit: int | str | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
         if mode not in MODES or not paths:
             raise OptionsError(f"mode must be one of {MODES} (not {mode!r}) and at least one store is needed")
         if cache_dir is not None and sum(not isinstance(p, Store) and is_url(p) for p in paths) > 1:
@@ -54,14 +63,20 @@ class MultiStoreDataset(TensorStoreDataset):
         needs = [sum(s.field_nbytes(f) for f in self.arrays_fields + self.text_fields) for s in stores]
         self.nbytes = sum(needs)
         self.mode, self.mode_reason = _decide(mode, self.nbytes, self.budget)
-        self.parts = [TensorStoreDataset(s, fields, _share(self.budget, need, self.nbytes), self.mode, None,
-                                         channels_last, progress) for s, need in zip(stores, needs)]
+        self.parts = [
+            TensorStoreDataset(
+                s, fields, _share(self.budget, need, self.nbytes), self.mode, None, channels_last, progress
+            )
+            for s, need in zip(stores, needs)
+        ]
         self.offsets = np.cumsum([0] + [len(p) for p in self.parts]).astype(np.int64)
         self.store = stores[0]
         self.path = [p.path for p in self.parts]  # type: ignore[assignment]
         self._arrays = {f: ConcatArray([p._arrays[f] for p in self.parts], self.offsets) for f in self.arrays_fields}
-        self._text = {f: ConcatText([p._text[f] for p in self.parts], self.offsets)  # type: ignore[misc]
-                      for f in self.text_fields}  # duck-typed like _SharedText: take(indices) -> list
+        self._text = {
+            f: ConcatText([p._text[f] for p in self.parts], self.offsets)  # type: ignore[misc]
+            for f in self.text_fields
+        }  # duck-typed like _SharedText: take(indices) -> list
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -93,8 +108,10 @@ class MultiStoreDataset(TensorStoreDataset):
 
     def __repr__(self) -> str:
         where = [p.store.location for p in self.parts]
-        return (f"MultiStoreDataset({where!r}, samples={len(self)}, fields={self.fields}, mode={self.mode!r}, "
-                f"{format_bytes(self.nbytes)} of budget {format_bytes(self.budget)})")
+        return (
+            f"MultiStoreDataset({where!r}, samples={len(self)}, fields={self.fields}, mode={self.mode!r}, "
+            f"{format_bytes(self.nbytes)} of budget {format_bytes(self.budget)})"
+        )
 
 
 def _share(budget: int, need: int, total: int) -> int:
@@ -107,12 +124,22 @@ def _check_layout(first: Store, other: Store, arrays: list[str], text: list[str]
     for name in arrays:
         a, b = first.manifest.arrays[name], other.manifest.arrays[name]
         if (a.dtype, a.row_shape) != (b.dtype, b.row_shape):
-            raise StoresMismatchError(first.location, other.location, f"the rows of {name!r}",
-                                      f"{a.dtype}{list(a.row_shape)}", f"{b.dtype}{list(b.row_shape)}")
+            raise StoresMismatchError(
+                first.location,
+                other.location,
+                f"the rows of {name!r}",
+                f"{a.dtype}{list(a.row_shape)}",
+                f"{b.dtype}{list(b.row_shape)}",
+            )
     for name in text:
         if first.manifest.text[name] != other.manifest.text[name]:
-            raise StoresMismatchError(first.location, other.location, f"the encoding of {name!r}",
-                                      first.manifest.text[name], other.manifest.text[name])
+            raise StoresMismatchError(
+                first.location,
+                other.location,
+                f"the encoding of {name!r}",
+                first.manifest.text[name],
+                other.manifest.text[name],
+            )
 
 
 def _split(offsets: np.ndarray, idx: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:

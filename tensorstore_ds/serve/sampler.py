@@ -13,7 +13,8 @@ across ranks, and the order depends only on ``seed`` and the epoch.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -51,8 +52,16 @@ class ChunkShuffleSampler(Sampler[int]):
         ranks differ by at most one sample and every sample is served.
     """
 
-    def __init__(self, dataset: Any, shuffle: bool = True, seed: int = 0, window_chunks: int | None = None,
-                 rank: int | None = None, world_size: int | None = None, drop_last: bool = False) -> None:
+    def __init__(
+        self,
+        dataset: Any,
+        shuffle: bool = True,
+        seed: int = 0,
+        window_chunks: int | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        drop_last: bool = False,
+    ) -> None:
         default_rank, default_world = _dist_rank_world()
         self.rank = default_rank if rank is None else rank
         self.world_size = default_world if world_size is None else world_size

@@ -102,7 +102,7 @@ def reap_orphans(directory: str) -> list[str]:
     for name in os.listdir(directory):
         if not name.startswith(PREFIX):
             continue
-        pid = name[len(PREFIX):].split("-", 1)[0]
+        pid = name[len(PREFIX) :].split("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             try:
                 os.unlink(os.path.join(directory, name))

@@ -17,8 +17,9 @@ from __future__ import annotations
 import mmap
 import os
 from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any, Iterable, Protocol
+from typing import IO, Any, Protocol
 
 import numpy as np
 
@@ -135,8 +136,9 @@ class ChunkedArray:
         Where the chunk files are; default: the files under ``root``.
     """
 
-    def __init__(self, root: Path, spec: ArraySpec, max_mapped_bytes: int | None = None,
-                 files: StoreFiles | None = None) -> None:
+    def __init__(
+        self, root: Path, spec: ArraySpec, max_mapped_bytes: int | None = None, files: StoreFiles | None = None
+    ) -> None:
         self.root = root
         self.spec = spec
         self.max_mapped_bytes = max_mapped_bytes
@@ -166,8 +168,10 @@ class ChunkedArray:
         with self.files.open(self.spec.chunk_key(k)) as f:
             size = os.fstat(f.fileno()).st_size
             if size != self.spec.chunk_bytes:
-                raise StoreFormatError(self.root / self.spec.chunk_key(k),
-                                       f"chunk file changed size to {size} bytes, expected {self.spec.chunk_bytes}")
+                raise StoreFormatError(
+                    self.root / self.spec.chunk_key(k),
+                    f"chunk file changed size to {size} bytes, expected {self.spec.chunk_bytes}",
+                )
             mapped = mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ)
         view = np.frombuffer(mapped, dtype=self.dtype).reshape(self.spec.chunk_rows, *self.spec.row_shape)
         self._maps[k] = (mapped, view)

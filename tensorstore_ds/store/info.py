@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..format.manifest import FAILURES, Manifest
 from ..units import format_bytes
-from ..format.manifest import Manifest
 from .store import open_store
 
 
@@ -14,12 +14,14 @@ def summary(path: str | os.PathLike[str], manifest: Manifest) -> str:
     """The end-of-conversion summary: converted, failed by reason, bytes."""
     counts = manifest.counts
     data = sum(s.nbytes for s in manifest.arrays.values())
-    lines = [f"store {os.fspath(path)}: {counts['converted']} samples converted, {counts['failed']} failed, "
-             f"{format_bytes(data)}"]
+    lines = [
+        f"store {os.fspath(path)}: {counts['converted']} samples converted, {counts['failed']} failed, "
+        f"{format_bytes(data)}"
+    ]
     for reason, n in counts.get("failed_by_reason", {}).items():
         lines.append(f"  failed: {n} x {reason}")
     if counts["failed"]:
-        lines.append(f"  each failed row is listed in {os.path.join(os.fspath(path), 'failures.jsonl')}")
+        lines.append(f"  each failed row is listed in {os.path.join(os.fspath(path), FAILURES)}")
     return "\n".join(lines)
 
 
@@ -43,3 +45,15 @@ def info(path: str | os.PathLike[str]) -> dict[str, Any]:
         "created": m.created,
         "failed_by_reason": m.counts.get("failed_by_reason", {}),
     }
+
+
+def format_info(doc: dict[str, Any]) -> str:
+    """:func:`info` as indented ``key: value`` lines, for a person."""
+    lines = []
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            lines.append(f"{key}:")
+            lines.extend(f"  {k}: {v}" for k, v in value.items())
+        else:
+            lines.append(f"{key}: {value}")
+    return "\n".join(lines)

@@ -13,22 +13,30 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from ..format.hashing import hash_file
 from ..errors import StoreError, StoreFormatError
+from ..format.hashing import hash_file
 from ..format.layout import write_bytes_atomic
 from ..format.manifest import MANIFEST, Manifest
+from ..options import progress_disabled
 from .transfer import RETRIES, Remote, download
 
 PULL_DIR = ".pull"
 
 
-def pull(url: str, dest: str | os.PathLike[str], workers: int = 8, progress: bool = True, retries: int = RETRIES,
-         storage_options: dict[str, Any] | None = None) -> Manifest:
+def pull(
+    url: str,
+    dest: str | os.PathLike[str],
+    workers: int = 8,
+    progress: bool = True,
+    retries: int = RETRIES,
+    storage_options: dict[str, Any] | None = None,
+) -> Manifest:
     """Copy the store at ``url`` (any fsspec URL) into the directory ``dest``, verifying every file.
 
     Parameters
@@ -68,8 +76,9 @@ def _up_to_date(root: Path, raw: bytes, manifest: Manifest, url: str) -> bool:
     """True if ``root`` already holds this store; refuse a directory that holds anything else."""
     if (root / MANIFEST).exists():
         if (root / MANIFEST).read_bytes() != raw:
-            raise StoreError(f"{root} holds another store (its manifest is not that of {url}); "
-                             "pull into a new directory")
+            raise StoreError(
+                f"{root} holds another store (its manifest is not that of {url}); pull into a new directory"
+            )
         if all(_size(root / name) == entry["size"] for name, entry in manifest.files.items()):
             shutil.rmtree(root / PULL_DIR, ignore_errors=True)
             return True
@@ -103,14 +112,24 @@ def _locked(root: Path) -> Iterator[Path]:
         os.close(fd)
 
 
-def _pull_files(remote: Remote, manifest: Manifest, root: Path, work: Path, workers: int, progress: bool,
-                retries: int) -> None:
+def _pull_files(
+    remote: Remote, manifest: Manifest, root: Path, work: Path, workers: int, progress: bool, retries: int
+) -> None:
     from tqdm.auto import tqdm
 
     files = sorted(manifest.files.items())
     total = sum(entry["size"] for _, entry in files)
-    with tqdm(total=total, unit="B", unit_scale=True, disable=not progress, desc=f"pulling {remote.url}"[:60],
-              dynamic_ncols=True) as bar, ThreadPoolExecutor(max(1, workers)) as pool:
+    with (
+        tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            disable=progress_disabled(progress),
+            desc=f"pulling {remote.url}"[:60],
+            dynamic_ncols=True,
+        ) as bar,
+        ThreadPoolExecutor(max(1, workers)) as pool,
+    ):
         futures = [pool.submit(_pull_one, remote, name, entry, root, work, retries, bar) for name, entry in files]
         _first_error(futures)
 
@@ -126,8 +145,7 @@ def _first_error(futures: list[Future[None]]) -> None:
             raise
 
 
-def _pull_one(remote: Remote, name: str, entry: dict[str, Any], root: Path, work: Path, retries: int,
-              bar: Any) -> None:
+def _pull_one(remote: Remote, name: str, entry: dict[str, Any], root: Path, work: Path, retries: int, bar: Any) -> None:
     final = root / name
     if final.exists():
         if final.stat().st_size == entry["size"] and hash_file(final)[1] == entry["sha256"]:

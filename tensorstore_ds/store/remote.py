@@ -20,27 +20,21 @@ import json
 import os
 import queue
 import threading
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any, Iterable
+from typing import IO, Any
 
-from ..options import parse_size
 from ..errors import StoreError, StoreFormatError
 from ..format.layout import ArraySpec, write_bytes_atomic
 from ..format.manifest import MANIFEST, Manifest
+from ..options import cache_root, parse_size, progress_disabled
 from .chunked import fadvise_willneed
 from .transfer import Remote, download
 
 PREFETCH_THREADS = 4
 FETCH_THREADS = 8
 PARTIAL_DIR = ".partial"
-
-
-def cache_root() -> Path:
-    """``$TENSORSTORE_DS_CACHE``, else ``$XDG_CACHE_HOME/tensorstore_ds``, else ``~/.cache/tensorstore_ds``."""
-    if os.environ.get("TENSORSTORE_DS_CACHE"):
-        return Path(os.environ["TENSORSTORE_DS_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tensorstore_ds"
 
 
 def default_cache_dir(url: str) -> Path:
@@ -85,8 +79,13 @@ class RemoteFiles:
         self.__init__(**state)  # type: ignore[misc]
 
     @classmethod
-    def connect(cls, url: str, cache_dir: str | os.PathLike[str] | None = None,
-                cache_limit: int | str | None = None, storage_options: dict[str, Any] | None = None) -> RemoteFiles:
+    def connect(
+        cls,
+        url: str,
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_limit: int | str | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> RemoteFiles:
         """Fetch and validate the manifest at ``url`` and prepare the cache."""
         remote = Remote(url, storage_options)
         raw, manifest = remote.read_manifest()
@@ -139,11 +138,14 @@ class RemoteFiles:
             key = spec.chunk_key(k)
             entry = self.manifest.files.get(key)
             if entry is None:
-                raise StoreFormatError(self.where(key), f"chunk file is not in the manifest (array {spec.name!r}, "
-                                                        f"chunk {k})")
+                raise StoreFormatError(
+                    self.where(key), f"chunk file is not in the manifest (array {spec.name!r}, chunk {k})"
+                )
             if entry["size"] != spec.chunk_bytes:
-                raise StoreFormatError(self.where(key), f"the manifest lists {entry['size']} bytes, a chunk of "
-                                                        f"array {spec.name!r} has {spec.chunk_bytes}")
+                raise StoreFormatError(
+                    self.where(key),
+                    f"the manifest lists {entry['size']} bytes, a chunk of array {spec.name!r} has {spec.chunk_bytes}",
+                )
 
     def prefetch(self, keys: Iterable[str]) -> None:
         """Download missing files in background threads; advise the kernel of cached ones."""
@@ -157,8 +159,9 @@ class RemoteFiles:
             if self._queue is None:  # daemon threads: exiting never waits for a read-ahead
                 self._queue = queue.SimpleQueue()
                 for _ in range(PREFETCH_THREADS):
-                    threading.Thread(target=self._prefetcher, args=(self._queue,), daemon=True,
-                                     name="tensorstore_ds-prefetch").start()
+                    threading.Thread(
+                        target=self._prefetcher, args=(self._queue,), daemon=True, name="tensorstore_ds-prefetch"
+                    ).start()
             for key in missing:
                 if key not in self._inflight:
                     self._queue.put(key)
@@ -168,7 +171,7 @@ class RemoteFiles:
             key = keys.get()
             try:
                 self.path(key)
-            except Exception:  # noqa: BLE001 - the error comes back when a reader needs the file
+            except Exception:
                 pass
 
     def fetch(self, keys: Iterable[str], progress: bool = False) -> None:
@@ -179,8 +182,16 @@ class RemoteFiles:
         total = sum(self.manifest.files[k]["size"] for k in missing)
         if not missing or (self.cache_limit is not None and total > self.cache_limit):
             return
-        with tqdm(total=total, unit="B", unit_scale=True, disable=not progress,
-                  desc=f"downloading {self.remote.url}"[:60]) as bar, ThreadPoolExecutor(FETCH_THREADS) as pool:
+        with (
+            tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                disable=progress_disabled(progress),
+                desc=f"downloading {self.remote.url}"[:60],
+            ) as bar,
+            ThreadPoolExecutor(FETCH_THREADS) as pool,
+        ):
             for key, _ in zip(missing, pool.map(self.path, missing)):
                 bar.update(self.manifest.files[key]["size"])
 
@@ -238,8 +249,9 @@ def _prepare_cache(root: Path, raw: bytes, manifest: Manifest) -> None:
     """Make ``root`` the cache of this manifest: drop files of an older version of the store."""
     cached = root / MANIFEST
     if root.is_dir() and not cached.exists() and any(not e.name.startswith(".") for e in root.iterdir()):
-        raise StoreError(f"cache directory {root} is not empty and holds no tensorstore_ds cache; "
-                         "choose another cache_dir")
+        raise StoreError(
+            f"cache directory {root} is not empty and holds no tensorstore_ds cache; choose another cache_dir"
+        )
     _remove_stale_partials(root / PARTIAL_DIR)
     old = cached.read_bytes() if cached.exists() else None
     if old == raw:

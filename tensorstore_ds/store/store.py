@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import StoreFormatError
+from ..errors import FieldNotFoundError, StoreFormatError
 from ..format.layout import ArraySpec, irregular_file
-from ..format.manifest import FAILURES, Manifest
+from ..format.manifest import FAILURES, MANIFEST, Manifest
 from ..format.text import TextColumn
 from .chunked import ChunkedArray, LocalFiles, StoreFiles
 
@@ -71,7 +71,7 @@ class Store:
         """A per-sample array (``images``, ``audio``, ``image_size``, ...), memory-mapped."""
         name = MEDIA_FIELDS.get(name, name)
         if name not in self.manifest.arrays or name.startswith("text/"):
-            raise KeyError(f"store {self.location} has no array {name!r}; arrays: {self.array_names}")
+            raise FieldNotFoundError(self.location, "array", name, self.array_names)
         return self._chunked(name)
 
     def _chunked(self, name: str) -> ChunkedArray:
@@ -92,8 +92,7 @@ class Store:
     def load_text(self, name: str) -> TextColumn:
         """Read a text column afresh, without keeping it in this object."""
         if name not in self.manifest.text:
-            raise KeyError(f"store {self.location} has no text column {name!r}; "
-                           f"columns: {sorted(self.manifest.text)}")
+            raise FieldNotFoundError(self.location, "text column", name, sorted(self.manifest.text))
         return _load_text(self, name)
 
     @property
@@ -138,8 +137,12 @@ class Store:
         return sum(spec.nbytes for spec in self.manifest.arrays.values())
 
 
-def open_store(path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None,
-               cache_limit: int | str | None = None, storage_options: dict[str, Any] | None = None) -> Store:
+def open_store(
+    path: str | os.PathLike[str],
+    cache_dir: str | os.PathLike[str] | None = None,
+    cache_limit: int | str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> Store:
     """Open and check a finished store, local or at a URL.
 
     Every check happens before anything is mapped: the manifest's format
@@ -206,14 +209,15 @@ def _check_store(manifest: Manifest, files: StoreFiles) -> None:
                 raise StoreFormatError(files.where(key), f"array metadata {why}")
         per_sample = not name.startswith("text/")
         if per_sample and spec.shape[0] != manifest.num_samples:
-            raise StoreFormatError(files.where(key),
-                                   f"array has {spec.shape[0]} rows, the store has {manifest.num_samples} samples")
+            raise StoreFormatError(
+                files.where(key), f"array has {spec.shape[0]} rows, the store has {manifest.num_samples} samples"
+            )
         _check_zarr_metadata(files.path(key), spec, files.where(key))
         files.check_chunks(spec)
     for name in manifest.text:
         for part in ("bytes", "offsets"):
             if f"text/{name}/{part}" not in manifest.arrays:
-                raise StoreFormatError(files.where("manifest.json"), f"text column {name!r} lacks its {part} array")
+                raise StoreFormatError(files.where(MANIFEST), f"text column {name!r} lacks its {part} array")
 
 
 def _failure_record(line: bytes, number: int, where: str) -> dict[str, Any]:
@@ -230,8 +234,9 @@ def _check_zarr_metadata(meta: Path, spec: ArraySpec, where: str) -> None:
     """The array's ``zarr.json`` describes the same layout as the manifest, so Zarr readers agree with us."""
     size = meta.stat().st_size
     if size > MAX_ARRAY_METADATA:
-        raise StoreFormatError(where, f"array metadata is {size} bytes, more than any store writes "
-                                      f"({MAX_ARRAY_METADATA})")
+        raise StoreFormatError(
+            where, f"array metadata is {size} bytes, more than any store writes ({MAX_ARRAY_METADATA})"
+        )
     try:
         doc = json.loads(meta.read_bytes())
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:

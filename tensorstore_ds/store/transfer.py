@@ -74,13 +74,15 @@ class Remote:
         try:
             raw = self._read_limited(MANIFEST, _MAX_MANIFEST_BYTES)
         except FileNotFoundError:
-            raise StoreNotFoundError(self.url, f"there is no {MANIFEST} at {where} "
-                                               "(not a store, or an unfinished one)") from None
-        except Exception as exc:  # noqa: BLE001 - fsspec backends raise anything
+            raise StoreNotFoundError(
+                self.url, f"there is no {MANIFEST} at {where} (not a store, or an unfinished one)"
+            ) from None
+        except Exception as exc:
             raise StoreError(f"cannot read {where}: {type(exc).__name__}: {exc}") from exc
         if len(raw) > _MAX_MANIFEST_BYTES:
-            raise StoreFormatError(where, f"manifest is more than {_MAX_MANIFEST_BYTES} bytes, "
-                                          "more than any store writes")
+            raise StoreFormatError(
+                where, f"manifest is more than {_MAX_MANIFEST_BYTES} bytes, more than any store writes"
+            )
         try:
             doc = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -116,13 +118,20 @@ def _filesystem(url: str, storage_options: dict[str, Any]) -> tuple[Any, str]:
 def check_file_entries(manifest: Manifest, where: str) -> None:
     """The manifest lists a size and a SHA-256 for every file, so downloads can be verified."""
     if not manifest.files:
-        raise StoreFormatError(where, "the manifest lists no file checksums (a store from before version 0.2?); "
-                                      "copy the store directory instead")
+        raise StoreFormatError(
+            where,
+            "the manifest lists no file checksums (a store from before version 0.2?); copy the store directory instead",
+        )
     for name, entry in manifest.files.items():
         size = entry.get("size") if isinstance(entry, dict) else None
         digest = entry.get("sha256") if isinstance(entry, dict) else None
-        if not isinstance(size, int) or size < 0 or not isinstance(digest, str) or len(digest) != 64 \
-                or not set(digest) <= _HEX:
+        if (
+            not isinstance(size, int)
+            or size < 0
+            or not isinstance(digest, str)
+            or len(digest) != 64
+            or not set(digest) <= _HEX
+        ):
             raise StoreFormatError(where, f"file entry {name!r} has no valid size and sha256: {entry!r}")
 
 
@@ -144,8 +153,17 @@ def transient_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def download(remote: Remote, name: str, entry: dict[str, Any], partial: Path, *, resume: bool = False,
-             retries: int = RETRIES, progress: Any = None, fsync: bool = False) -> None:
+def download(
+    remote: Remote,
+    name: str,
+    entry: dict[str, Any],
+    partial: Path,
+    *,
+    resume: bool = False,
+    retries: int = RETRIES,
+    progress: Any = None,
+    fsync: bool = False,
+) -> None:
     """Download one file into ``partial`` and check its size and SHA-256.
 
     Parameters
@@ -181,8 +199,11 @@ def download(remote: Remote, name: str, entry: dict[str, Any], partial: Path, *,
         raise
     if digest.hexdigest() != entry["sha256"]:
         partial.unlink(missing_ok=True)
-        raise StoreFormatError(remote.url_of(name), f"downloaded file has sha256 {digest.hexdigest()[:16]}..., the "
-                                                    f"manifest says {entry['sha256'][:16]}...; the file was not kept")
+        raise StoreFormatError(
+            remote.url_of(name),
+            f"downloaded file has sha256 {digest.hexdigest()[:16]}..., the "
+            f"manifest says {entry['sha256'][:16]}...; the file was not kept",
+        )
 
 
 def _resume_point(partial: Path, size: int, digest: Any, progress: Any) -> int:
@@ -203,8 +224,9 @@ def _resume_point(partial: Path, size: int, digest: Any, progress: Any) -> int:
     return have
 
 
-def _receive(remote: Remote, name: str, size: int, pos: int, out: Any, digest: Any, retries: int,
-             progress: Any) -> None:
+def _receive(
+    remote: Remote, name: str, size: int, pos: int, out: Any, digest: Any, retries: int, progress: Any
+) -> None:
     """Request blocks from ``pos`` to ``size`` into ``out``, retrying dropped or failed requests."""
     transient, failures = transient_errors(), 0
     while pos < size:
@@ -212,17 +234,21 @@ def _receive(remote: Remote, name: str, size: int, pos: int, out: Any, digest: A
         try:
             data = remote.read(name, pos, pos + want)
         except FileNotFoundError:
-            raise StoreFormatError(remote.url_of(name), "file is missing on the server; "
-                                                        "the manifest lists it") from None
+            raise StoreFormatError(
+                remote.url_of(name), "file is missing on the server; the manifest lists it"
+            ) from None
         except transient as exc:
             failures += 1
             status = getattr(exc, "status", None)
             if status == 416:
-                raise StoreFormatError(remote.url_of(name), f"the server's file ends after {pos} bytes; "
-                                                            f"the manifest says {size} bytes") from None
+                raise StoreFormatError(
+                    remote.url_of(name), f"the server's file ends after {pos} bytes; the manifest says {size} bytes"
+                ) from None
             if failures > retries or (isinstance(status, int) and 400 <= status < 500 and status not in (408, 429)):
-                raise StoreError(f"cannot download {remote.url_of(name)}: {type(exc).__name__}: {exc} "
-                                 f"({pos} of {size} bytes arrived, {failures} attempts)") from exc
+                raise StoreError(
+                    f"cannot download {remote.url_of(name)}: {type(exc).__name__}: {exc} "
+                    f"({pos} of {size} bytes arrived, {failures} attempts)"
+                ) from exc
             time.sleep(BACKOFF * 2 ** (failures - 1))
             continue
         if len(data) > want and len(data) == size:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..errors import StoreFormatError
 from ..format.hashing import ALGORITHM, checksum_files, store_files
 from ..format.layout import irregular_file
-from ..format.manifest import MANIFEST, RESERVED_DIRS, Manifest
+from ..format.manifest import MANIFEST, Manifest
 
 
 @dataclass
@@ -83,8 +82,13 @@ def verify(path: str | os.PathLike[str], progress: bool = True, threads: int = 4
     sums = checksum_files(root, readable, threads, progress, desc=f"verifying {root.name}")
     for name in readable:
         if sums[name][ALGORITHM] != expected[name].get(ALGORITHM):
-            report.problems.append((name, "altered", f"sha256 {sums[name][ALGORITHM][:12]}..., "
-                                                     f"expected {str(expected[name].get(ALGORITHM))[:12]}..."))
+            report.problems.append(
+                (
+                    name,
+                    "altered",
+                    f"sha256 {sums[name][ALGORITHM][:12]}..., expected {str(expected[name].get(ALGORITHM))[:12]}...",
+                )
+            )
     _check_structure(root, report)
     report.checked = len(expected)
     report.bytes = sum(s["size"] for s in sums.values())
@@ -102,7 +106,7 @@ def _check_structure(root: Path, report: VerifyReport) -> None:
 
     try:
         open_store(root).close()
-    except Exception as exc:  # noqa: BLE001 - whatever opening finds is this report's to name
+    except Exception as exc:
         if isinstance(exc, StoreFormatError):
             name, detail = os.path.relpath(exc.path, root), str(exc).removeprefix(f"{exc.path}: ")
         else:

@@ -10,8 +10,9 @@ from .audio import AudioOptions, decode_audio
 from .image import ImageOptions, decode_image
 
 
-def decode_sample(payload: Any, media: str, clip: tuple[float | None, float | None] | None,
-                  image: ImageOptions, audio: AudioOptions) -> dict[str, Any]:
+def decode_sample(
+    payload: Any, media: str, clip: tuple[float | None, float | None] | None, image: ImageOptions, audio: AudioOptions
+) -> dict[str, Any]:
     """Decode one sample into the values of its store row.
 
     Parameters

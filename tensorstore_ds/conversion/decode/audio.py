@@ -54,12 +54,12 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from ...errors import DecodeError
+from ...errors import DecodeError, OptionsError
 
 RESAMPLERS = ("soxr", "resampy")
 
 AudioSource = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]", Mapping[str, Any]]
-Clip = tuple[Union[float, None], Union[float, None]]
+Clip = tuple[float | None, float | None]
 
 _FLOAT16_MAX = 65504.0
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -104,24 +104,15 @@ class AudioOptions:
     def __post_init__(self) -> None:
         rate = self.sample_rate
         if not isinstance(rate, numbers.Integral) or isinstance(rate, bool) or rate < 1:
-            raise ValueError(f"AudioOptions.sample_rate must be an integer >= 1, got {rate!r}")
-        if not isinstance(self.seconds, numbers.Real) or not (
-            math.isfinite(self.seconds) and self.seconds > 0
-        ):
-            raise ValueError(
-                f"AudioOptions.seconds must be a finite number > 0, got {self.seconds!r}"
-            )
+            raise OptionsError(f"AudioOptions.sample_rate must be an integer >= 1, got {rate!r}")
+        if not isinstance(self.seconds, numbers.Real) or not (math.isfinite(self.seconds) and self.seconds > 0):
+            raise OptionsError(f"AudioOptions.seconds must be a finite number > 0, got {self.seconds!r}")
         object.__setattr__(self, "sample_rate", int(rate))  # numpy numbers -> int, float
         object.__setattr__(self, "seconds", float(self.seconds))
         if self.num_samples < 1:
-            raise ValueError(
-                f"AudioOptions gives no samples: {rate} Hz x {self.seconds} s rounds to 0"
-            )
+            raise OptionsError(f"AudioOptions gives no samples: {rate} Hz x {self.seconds} s rounds to 0")
         if self.resampler not in RESAMPLERS:
-            raise ValueError(
-                f"AudioOptions.resampler must be one of {', '.join(RESAMPLERS)}, "
-                f"got {self.resampler!r}"
-            )
+            raise OptionsError(f"AudioOptions.resampler must be one of {', '.join(RESAMPLERS)}, got {self.resampler!r}")
 
     @property
     def num_samples(self) -> int:
@@ -129,9 +120,7 @@ class AudioOptions:
         return round(self.sample_rate * self.seconds)
 
 
-def decode_audio(
-    source: AudioSource, options: AudioOptions, clip: Clip | None = None
-) -> tuple[np.ndarray, int]:
+def decode_audio(source: AudioSource, options: AudioOptions, clip: Clip | None = None) -> tuple[np.ndarray, int]:
     """Decode, downmix, resample and cut or pad one recording.
 
     Parameters
@@ -196,7 +185,7 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int, method: str) -> np.ndarray:
         are zero-padded first, so even a few samples resample.
     """
     if method not in RESAMPLERS:
-        raise ValueError(f"resampler must be one of {', '.join(RESAMPLERS)}, got {method!r}")
+        raise OptionsError(f"resampler must be one of {', '.join(RESAMPLERS)}, got {method!r}")
     x = np.ascontiguousarray(x, dtype=np.float32)
     if sr_in == sr_out or x.size == 0:
         return x
@@ -244,14 +233,10 @@ def _load(source: AudioSource, options: AudioOptions, clip: Clip | None) -> tupl
 
 def _check_rate(rate: int) -> None:
     if not 1 <= rate <= _MAX_SAMPLE_RATE:
-        raise DecodeError(
-            "undecodable-audio", f"sampling rate {rate} Hz is outside 1..{_MAX_SAMPLE_RATE} Hz"
-        )
+        raise DecodeError("undecodable-audio", f"sampling rate {rate} Hz is outside 1..{_MAX_SAMPLE_RATE} Hz")
 
 
-def _read_file(
-    fp: io.BytesIO | str, options: AudioOptions, clip: Clip | None
-) -> tuple[np.ndarray, int]:
+def _read_file(fp: io.BytesIO | str, options: AudioOptions, clip: Clip | None) -> tuple[np.ndarray, int]:
     """Read the needed frames of the clip window from an encoded file."""
     with sf.SoundFile(fp) as f:
         rate, total = f.samplerate, f.frames
@@ -271,9 +256,7 @@ def _read_file(
     return frames, rate
 
 
-def _from_array(
-    array: Any, rate: Any, options: AudioOptions, clip: Clip | None
-) -> tuple[np.ndarray, int]:
+def _from_array(array: Any, rate: Any, options: AudioOptions, clip: Clip | None) -> tuple[np.ndarray, int]:
     """Validate and slice an in-memory ``{"array", "sampling_rate"}`` source."""
     try:
         values = np.asarray(array)
@@ -281,9 +264,7 @@ def _from_array(
     except _LIBRARY_ERRORS as exc:
         raise DecodeError("undecodable-audio", f"unusable array source: {exc}") from exc
     if not rate_ok:
-        raise DecodeError(
-            "undecodable-audio", f"sampling_rate must be a positive integer, got {rate!r}"
-        )
+        raise DecodeError("undecodable-audio", f"sampling_rate must be a positive integer, got {rate!r}")
     if values.ndim == 1:
         values = values[:, None]
     if values.ndim != 2 or not 1 <= values.shape[1] <= _MAX_ARRAY_CHANNELS:

@@ -70,7 +70,7 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
-from ...errors import DecodeError
+from ...errors import DecodeError, OptionsError
 
 RESIZE_MODES = ("squash", "center-crop", "pad")
 
@@ -140,15 +140,11 @@ class ImageOptions:
 
     def __post_init__(self) -> None:
         if not _is_integer(self.size) or self.size < 1:
-            raise ValueError(f"ImageOptions.size must be an integer >= 1, got {self.size!r}")
+            raise OptionsError(f"ImageOptions.size must be an integer >= 1, got {self.size!r}")
         if self.resize not in RESIZE_MODES:
-            raise ValueError(
-                f"ImageOptions.resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}"
-            )
+            raise OptionsError(f"ImageOptions.resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
         if not _is_integer(self.max_pixels) or self.max_pixels < 1:
-            raise ValueError(
-                f"ImageOptions.max_pixels must be an integer >= 1, got {self.max_pixels!r}"
-            )
+            raise OptionsError(f"ImageOptions.max_pixels must be an integer >= 1, got {self.max_pixels!r}")
         object.__setattr__(self, "size", int(self.size))  # numpy integers -> int
         object.__setattr__(self, "max_pixels", int(self.max_pixels))
         object.__setattr__(self, "draft", bool(self.draft))
@@ -206,9 +202,7 @@ def _undecodable(exc: BaseException) -> DecodeError:
     return DecodeError("undecodable-image", f"{type(exc).__name__}: {detail}")
 
 
-def _open(
-    source: bytes | str | os.PathLike[str], options: ImageOptions
-) -> tuple[Image.Image, int, tuple[int, int]]:
+def _open(source: bytes | str | os.PathLike[str], options: ImageOptions) -> tuple[Image.Image, int, tuple[int, int]]:
     """Open and load: the image, its EXIF orientation and its oriented (height, width)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
@@ -225,9 +219,7 @@ def _open(
         if st.st_size == 0:
             raise DecodeError("empty-file", f"{fp} has zero bytes")
     else:
-        raise DecodeError(
-            "undecodable-image", f"cannot decode an image from {type(source).__name__}"
-        )
+        raise DecodeError("undecodable-image", f"cannot decode an image from {type(source).__name__}")
     try:
         _check_png_crcs(fp)
         im = Image.open(fp, formats=_formats())
@@ -260,7 +252,7 @@ def _check_png_crcs(fp: io.BytesIO | str) -> None:
     Anything that is not a PNG, and a chunk cut short, is left to Pillow. A
     BytesIO is rewound afterwards.
     """
-    f = open(fp, "rb") if isinstance(fp, str) else fp
+    f = open(fp, "rb") if isinstance(fp, str) else fp  # noqa: SIM115 (closed below only if opened here)
     try:
         if f.read(8) != _PNG_SIGNATURE:
             return
@@ -295,8 +287,7 @@ def _prepare(im: Image.Image, options: ImageOptions) -> int:
     if width * height > options.max_pixels:
         raise DecodeError(
             "decompression-bomb",
-            f"image is {width}x{height} = {width * height} pixels, "
-            f"more than max_pixels={options.max_pixels}",
+            f"image is {width}x{height} = {width * height} pixels, more than max_pixels={options.max_pixels}",
         )
     orientation = _orientation(im)
     if options.draft and im.format in ("JPEG", "MPO"):
@@ -313,9 +304,7 @@ def _orientation(im: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _draft_request(
-    width: int, height: int, orientation: int, options: ImageOptions
-) -> tuple[int, int]:
+def _draft_request(width: int, height: int, orientation: int, options: ImageOptions) -> tuple[int, int]:
     """Size to ask ``Image.draft`` for: the needed size, doubled when 1/8 would be used.
 
     Pillow picks the largest DCT scale (1/2, 1/4, 1/8) that keeps the decoded
@@ -329,9 +318,7 @@ def _draft_request(
     return need_w, need_h
 
 
-def _needed_size(
-    width: int, height: int, orientation: int, options: ImageOptions
-) -> tuple[int, int]:
+def _needed_size(width: int, height: int, orientation: int, options: ImageOptions) -> tuple[int, int]:
     """Smallest stored-image size that still covers what the final resize reads.
 
     Computed in displayed (oriented) coordinates and swapped back for
@@ -431,9 +418,7 @@ def image_from_array(array: np.ndarray) -> Image.Image:
     if array.ndim == 3 and shape[2] == 1:
         array = array[:, :, 0]
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
-        raise DecodeError(
-            "bad-array", f"expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {shape}"
-        )
+        raise DecodeError("bad-array", f"expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {shape}")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise DecodeError("bad-array", f"the array has no pixels: shape {shape}")
     eight = _array_to_uint8(array)

@@ -28,14 +28,16 @@ this module is imported (the command line imports it to build its parser).
 from __future__ import annotations
 
 import argparse
+import bisect
+import dataclasses
 import functools
 import os
 import sys
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
-from .errors import OptionsError, StoreFormatError, TensorStoreDSError
+from .errors import OptionsError, StoreFormatError, StoreNotFoundError, TensorStoreDSError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -46,18 +48,21 @@ if TYPE_CHECKING:
     Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 DEFAULT_SAMPLES = {"image": 36, "audio": 12}
-COLUMNS = 6                      # tiles per row of an image sheet
-PAD, GAP = 16, 12                # sheet margin, space between tiles
+COLUMNS = 6  # tiles per row of an image sheet
+MIN_CELL = 176  # narrowest tile, for stores of small images
+CAPTION_LINES = 4  # caption lines under an image, after its index and size
+PAD, GAP = 16, 12  # sheet margin, space between tiles
 TEXT_SIZE, TITLE_SIZE = 13, 18
-LABEL_LINES = 5                  # index and size, then the caption's start
 WAVE_WIDTH, WAVE_HEIGHT, SPEC_HEIGHT, CLIP_LABEL_WIDTH = 640, 80, 80, 380
-EXAMPLES = 3                     # failure keys shown per reason
-MEDIA_OPTIONS = {"image": ("image_size", "resize", "max_pixels", "jpeg_draft"),
-                 "audio": ("sample_rate", "audio_seconds", "resampler")}
+EXAMPLES = 3  # failure keys shown per reason
+MEDIA_OPTIONS = {
+    "image": ("image_size", "resize", "max_pixels", "jpeg_draft"),
+    "audio": ("sample_rate", "audio_seconds", "resampler"),
+}
 INK, GREY, RED, PAPER, HEADER_BG = (20, 20, 20), (105, 105, 105), (214, 39, 40), (255, 255, 255), (240, 242, 245)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Box:
     """A rectangle of the sheet, in pixels."""
 
@@ -72,7 +77,7 @@ class Box:
         return (self.x, self.y, self.x + self.width, self.y + self.height)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Tile:
     """One shown sample.
 
@@ -100,7 +105,7 @@ class Tile:
     caption: str
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class PreviewLayout:
     """What :func:`preview` drew, and where.
 
@@ -132,20 +137,26 @@ class PreviewLayout:
     html: Path | None
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class _Samples:
     """What the sheet shows: indices, media rows, sizes or lengths, captions."""
 
     indices: list[int]
-    rows: np.ndarray              # (n, S, S, 3) uint8 images or (n, T) float16 clips
-    extents: np.ndarray           # (n, 2) original (h, w), or (n,) true clip lengths
+    rows: np.ndarray  # (n, S, S, 3) uint8 images or (n, T) float16 clips
+    extents: np.ndarray  # (n, 2) original (h, w), or (n,) true clip lengths
     captions: list[str]
-    rate: int                     # audio sample rate (0 for images)
+    rate: int  # audio sample rate (0 for images)
 
 
-def preview(store: str | os.PathLike[str] | Store, path: str | os.PathLike[str] | None = None, *,
-            samples: int | None = None, seed: int | None = None, indices: Sequence[int] | None = None,
-            html: str | os.PathLike[str] | None = None) -> PreviewLayout:
+def preview(
+    store: str | os.PathLike[str] | Store,
+    path: str | os.PathLike[str] | None = None,
+    *,
+    samples: int | None = None,
+    seed: int | None = None,
+    indices: Sequence[int] | None = None,
+    html: str | os.PathLike[str] | None = None,
+) -> PreviewLayout:
     """Draw a preview sheet of a store into a PNG file and/or a static HTML page.
 
     Parameters
@@ -200,7 +211,7 @@ def preview(store: str | os.PathLike[str] | Store, path: str | os.PathLike[str] 
         from .preview_html import write_page
 
         page = write_page(Path(html), sheet, layout, data.rows if layout.media == "audio" else None, data.rate)
-    return PreviewLayout(**{**layout.__dict__, "png": png, "html": page})
+    return dataclasses.replace(layout, png=png, html=page)
 
 
 def _open(store: str | os.PathLike[str] | Store) -> Store:
@@ -209,22 +220,27 @@ def _open(store: str | os.PathLike[str] | Store) -> Store:
     return store if isinstance(store, Store) else open_store(store)
 
 
-def _choose(store: Store, samples: int | None, seed: int | None,
-            indices: Sequence[int] | None) -> tuple[list[int], str]:
+def _choose(
+    store: Store, samples: int | None, seed: int | None, indices: Sequence[int] | None
+) -> tuple[list[int], str]:
     """The indices to show, and how they were chosen (for the header)."""
     n = len(store)
     if n == 0:
         counts = store.manifest.counts
-        raise OptionsError(f"store {store.location} has no samples to preview: {counts.get('rows_read', 0)} rows "
-                           f"read, {counts.get('failed', 0)} failed ({_reasons(counts)}); see its failures.jsonl")
+        raise OptionsError(
+            f"store {store.location} has no samples to preview: {counts.get('rows_read', 0)} rows "
+            f"read, {counts.get('failed', 0)} failed ({_reasons(counts)}); see its failures.jsonl"
+        )
     if indices is not None:
         if seed is not None or samples is not None:
             raise OptionsError("give indices, or samples and seed, not both")
         chosen = [int(i) for i in indices]
         bad = [i for i in chosen if not 0 <= i < n]
         if not chosen or bad:
-            raise OptionsError(f"index {bad[0] if bad else '(none)'} is out of range: store {store.location} "
-                               f"has {n} samples, indices 0..{n - 1}")
+            raise OptionsError(
+                f"index {bad[0] if bad else '(none)'} is out of range: store {store.location} "
+                f"has {n} samples, indices 0..{n - 1}"
+            )
         return chosen, f"{len(chosen)} chosen samples"
     count = DEFAULT_SAMPLES[store.media] if samples is None else int(samples)
     if count < 1:
@@ -246,8 +262,11 @@ def _read(store: Store, chosen: list[int]) -> _Samples:
     audio = store.media == "audio"
     rows = store.array("audio" if audio else "images").take(where)
     extent = "audio_length" if audio else "image_size"
-    extents = (store.array(extent).take(where) if extent in store.array_names
-               else np.full((len(chosen), 2) if not audio else len(chosen), -1))
+    extents = (
+        store.array(extent).take(where)
+        if extent in store.array_names
+        else np.full((len(chosen), 2) if not audio else len(chosen), -1)
+    )
     has_caption = "caption" in store.manifest.text
     captions = [_text_value(store, "caption", i) if has_caption else "" for i in chosen]
     rate = _sample_rate(store) if audio else 0
@@ -266,14 +285,18 @@ def _text_value(store: Store, name: str, i: int) -> str:
     start, stop = (int(v) for v in _rows(store, f"text/{name}/offsets", i, i + 2))
     total = store.manifest.arrays[f"text/{name}/bytes"].shape[0]
     if not 0 <= start <= stop <= total:
-        raise StoreFormatError(f"{store.location}/text/{name}/offsets",
-                               f"value {i} spans bytes {start}..{stop}, outside the column's {total} bytes")
+        raise StoreFormatError(
+            f"{store.location}/text/{name}/offsets",
+            f"value {i} spans bytes {start}..{stop}, outside the column's {total} bytes",
+        )
     raw = _rows(store, f"text/{name}/bytes", start, stop).tobytes()
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise StoreFormatError(f"{store.location}/text/{name}", f"value {i} is not valid UTF-8 ({exc}); "
-                                                               "run tensorstore_ds.verify on the store") from None
+        raise StoreFormatError(
+            f"{store.location}/text/{name}",
+            f"value {i} is not valid UTF-8 ({exc}); run tensorstore_ds.verify on the store",
+        ) from None
 
 
 def _rows(store: Store, name: str, start: int, stop: int) -> np.ndarray:
@@ -299,9 +322,11 @@ def _header_lines(store: Store, how: str) -> list[str]:
     m, media = store.manifest, store.media
     rows = store.array("audio" if media == "audio" else "images")
     kind = "x".join(map(str, rows.shape[1:])) + f" {rows.dtype}"
-    lines = [f"tensorstore_ds preview of {store.location}",
-             f"{len(store):,} {media} samples ({kind}); {m.counts.get('rows_read', '?'):,} rows read, "
-             f"{m.counts.get('failed', 0):,} failed; showing {how}"]
+    lines = [
+        f"tensorstore_ds preview of {store.location}",
+        f"{len(store):,} {media} samples ({kind}); {_number(m.counts.get('rows_read'))} rows read, "
+        f"{_number(m.counts.get('failed', 0))} failed; showing {how}",
+    ]
     hidden = {name for other, names in MEDIA_OPTIONS.items() if other != media for name in names}
     shown = {k: v for k, v in m.options.items() if k not in hidden and v not in (None, [], "", {})}
     lines.append("options: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
@@ -317,6 +342,11 @@ def _header_lines(store: Store, how: str) -> list[str]:
     return lines
 
 
+def _number(value: Any) -> str:
+    """A count from the manifest, for people (``?`` if it is not a count)."""
+    return f"{value:,}" if type(value) is int else "?"
+
+
 def _by_reason(counts: dict[str, Any], examples: dict[str, list[str]]) -> list[tuple[str, int]]:
     found = counts.get("failed_by_reason") or {r: len(k) for r, k in examples.items()}
     return sorted(((str(r), int(n)) for r, n in found.items()), key=lambda rn: (-rn[1], rn[0]))
@@ -329,7 +359,7 @@ def _reasons(counts: dict[str, Any]) -> str:
 def _shorten(text: str, limit: int) -> str:
     """``text`` cut in the middle to at most ``limit`` characters (URLs keep host and file name)."""
     text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit // 2 - 2] + "..." + text[-(limit - limit // 2 - 1):]
+    return text if len(text) <= limit else text[: limit // 2 - 2] + "..." + text[-(limit - limit // 2 - 1) :]
 
 
 # --- drawing ---------------------------------------------------------------
@@ -354,7 +384,7 @@ def _wrap(text: str, font: Font, width: int, max_lines: int) -> list[str]:
     """``text`` broken into lines of at most ``width`` pixels; a cut-off end is marked ``...``."""
     from PIL import ImageFont
 
-    text = _plain(text)
+    text = _plain(text[: max_lines * width // 2])  # more than fits: every glyph is at least 2 pixels wide
     if not isinstance(font, ImageFont.FreeTypeFont):  # the bitmap font draws Latin-1 only
         text = text.encode("latin-1", "replace").decode("latin-1")
     lines: list[str] = []
@@ -367,22 +397,29 @@ def _wrap(text: str, font: Font, width: int, max_lines: int) -> list[str]:
         if line:
             lines.append(line)
         while font.getlength(word) > width and len(lines) <= max_lines:
-            cut = max(1, max(k for k in range(len(word) + 1) if font.getlength(word[:k]) <= width))
+            cut = _fit(word, font, width)
             lines.append(word[:cut])
             word = word[cut:]
         line = word
         if len(lines) > max_lines:
             break
-    lines.append(line) if line else None
+    if line:
+        lines.append(line)
     if len(lines) > max_lines:
         last = lines[max_lines - 1]
         while last and font.getlength(last + "...") > width:
             last = last[:-1]
-        lines = lines[: max_lines - 1] + [last.rstrip() + "..."]
+        lines = [*lines[: max_lines - 1], last.rstrip() + "..."]
     return lines
 
 
-_DASHES = str.maketrans({c: "-" for c in "\u2010\u2011\u2012\u2013\u2014\u2015\u2212"})
+def _fit(word: str, font: Font, width: int) -> int:
+    """How many leading characters of ``word`` fit in ``width`` pixels (at least one)."""
+    fits = bisect.bisect_right(range(1, len(word) + 1), float(width), key=lambda k: float(font.getlength(word[:k])))
+    return max(1, fits)
+
+
+_DASHES = str.maketrans(dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212", "-"))
 
 
 def _plain(text: str) -> str:
@@ -392,37 +429,41 @@ def _plain(text: str) -> str:
     return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).translate(_DASHES)
 
 
-def _draw_lines(draw: ImageDraw.ImageDraw, box: Box, lines: Sequence[str], colors: Sequence[tuple[int, ...]],
-                sizes: Sequence[int]) -> None:
+Style = tuple[tuple[int, int, int], int]  # colour, font size
+
+
+def _draw_lines(draw: ImageDraw.ImageDraw, box: Box, lines: Sequence[str], styles: Sequence[Style]) -> None:
+    """Lines from the top of ``box``, line ``k`` in ``styles[k]`` (the last style goes on)."""
     y = box.y
     for k, line in enumerate(lines):
-        font = _font(sizes[min(k, len(sizes) - 1)])
-        draw.text((box.x, y), line, fill=colors[min(k, len(colors) - 1)], font=font)
-        y += _line_height(font)
+        colour, size = styles[min(k, len(styles) - 1)]
+        draw.text((box.x, y), line, fill=colour, font=_font(size))
+        y += _line_height(_font(size))
 
 
-def _header(width: int, lines: list[str]) -> tuple[list[str], list[int], int]:
-    """The header's lines wrapped to ``width``, their font sizes, and its height."""
-    wrapped, sizes = [], []
+def _header(width: int, lines: list[str]) -> tuple[list[str], list[Style], int]:
+    """The header's lines wrapped to ``width``, their styles, and its height: title, counts, details, failures."""
+    wrapped: list[str] = []
+    styles: list[Style] = []
     for k, line in enumerate(lines):
-        size = TITLE_SIZE if k == 0 else TEXT_SIZE
-        parts = _wrap(line, _font(size), width, 4)
+        style = (RED if line.startswith("failed:") else INK if k < 2 else GREY, TITLE_SIZE if k == 0 else TEXT_SIZE)
+        parts = _wrap(line, _font(style[1]), width, 4)
         wrapped += parts
-        sizes += [size] * len(parts)
-    return wrapped, sizes, sum(_line_height(_font(s)) for s in sizes)
+        styles += [style] * len(parts)
+    return wrapped, styles, sum(_line_height(_font(size)) for _, size in styles)
 
 
 def _canvas(width: int, body: int, lines: list[str]) -> tuple[Image.Image, ImageDraw.ImageDraw, Box, int]:
     """A white sheet with the header drawn; returns the header's box and where the tiles start."""
     from PIL import Image, ImageDraw
 
-    wrapped, sizes, height = _header(width - 2 * PAD, lines)
+    wrapped, styles, height = _header(width - 2 * PAD, lines)
     top = PAD + height + PAD
     sheet = Image.new("RGB", (width, top + PAD + body), PAPER)
     draw = ImageDraw.Draw(sheet)
     draw.rectangle((0, 0, width - 1, top - PAD // 2), fill=HEADER_BG)
     header = Box(PAD, PAD, width - 2 * PAD, height)
-    _draw_lines(draw, header, wrapped, [INK, INK, GREY, GREY, RED], sizes)
+    _draw_lines(draw, header, wrapped, styles)
     return sheet, draw, header, top + PAD // 2
 
 
@@ -431,20 +472,26 @@ def _draw_images(data: _Samples, header_lines: list[str], location: str) -> tupl
     from PIL import Image
 
     side = data.rows.shape[1]
+    cell = max(side, MIN_CELL)  # small stored images keep their size; their labels keep a readable width
     font = _font(TEXT_SIZE)
-    label_h = LABEL_LINES * _line_height(font)
+    labels = [
+        (
+            f"#{index}  " + (f"{w}x{h} original" if w >= 0 else "original size unknown"),
+            *_wrap(text, font, cell, CAPTION_LINES),
+        )
+        for index, (h, w), text in zip(data.indices, data.extents, data.captions)
+    ]
+    label_h = max(map(len, labels)) * _line_height(font)  # as tall as the longest label needs
     columns = min(COLUMNS, len(data.indices))
-    rows = -(-len(data.indices) // columns)
-    width = max(2 * PAD + columns * side + (columns - 1) * GAP, 720)
-    sheet, draw, header, top = _canvas(width, rows * (side + 4 + label_h + GAP) - GAP, header_lines)
+    step_y = side + 4 + label_h + GAP
+    width = max(2 * PAD + columns * cell + (columns - 1) * GAP, 720)
+    sheet, draw, header, top = _canvas(width, -(-len(data.indices) // columns) * step_y - GAP, header_lines)
     tiles = []
-    for k, (index, pixels, (h, w), caption) in enumerate(zip(data.indices, data.rows, data.extents, data.captions)):
-        x, y = PAD + (k % columns) * (side + GAP), top + (k // columns) * (side + 4 + label_h + GAP)
-        image, label = Box(x, y, side, side), Box(x, y + side + 4, side, label_h)
+    for k, (index, pixels, lines, caption) in enumerate(zip(data.indices, data.rows, labels, data.captions)):
+        x, y = PAD + (k % columns) * (cell + GAP), top + (k // columns) * step_y
+        image, label = Box(x, y, side, side), Box(x, y + side + 4, cell, label_h)
         sheet.paste(Image.fromarray(pixels), (x, y))
-        size = f"{w}x{h} original" if w >= 0 else "original size unknown"
-        lines = (f"#{index}  {size}", *_wrap(caption, font, side, LABEL_LINES - 1))
-        _draw_lines(draw, label, lines, [INK, GREY], [TEXT_SIZE])
+        _draw_lines(draw, label, lines, [(INK, TEXT_SIZE), (GREY, TEXT_SIZE)])
         tiles.append(Tile(index, image, None, label, lines, caption))
     return sheet, PreviewLayout(location, "image", sheet.size, header, tuple(header_lines), tuple(tiles), None, None)
 
@@ -466,11 +513,16 @@ def _draw_audio(data: _Samples, header_lines: list[str], location: str) -> tuple
         true = int(min(max(int(length), 0), padded)) if length >= 0 else padded
         sheet.paste(Image.fromarray(_waveform(clip, true, data.rate)), (wave.x, wave.y))
         sheet.paste(Image.fromarray(_spectrogram(clip, true, data.rate)), (spec.x, spec.y))
-        lines = (f"#{index}  {true / data.rate:.2f} s of {padded / data.rate:.2f} s",
-                 f"padding {(padded - true) / data.rate:.2f} s (hatched, after the red line)" if true < padded
-                 else "no padding",
-                 *_wrap(caption, font, CLIP_LABEL_WIDTH, row_h // _line_height(font) - 2))
-        _draw_lines(draw, label, lines, [INK, RED if true < padded else GREY, GREY], [TEXT_SIZE])
+        lines = (
+            f"#{index}  {true / data.rate:.2f} s of {padded / data.rate:.2f} s",
+            f"padding {(padded - true) / data.rate:.2f} s (hatched, after the red line)"
+            if true < padded
+            else "no padding",
+            *_wrap(caption, font, CLIP_LABEL_WIDTH, row_h // _line_height(font) - 2),
+        )
+        _draw_lines(
+            draw, label, lines, [(INK, TEXT_SIZE), (RED if true < padded else GREY, TEXT_SIZE), (GREY, TEXT_SIZE)]
+        )
         tiles.append(Tile(index, wave, spec, label, lines, caption))
     return sheet, PreviewLayout(location, "audio", sheet.size, header, tuple(header_lines), tuple(tiles), None, None)
 
@@ -502,12 +554,14 @@ def _spectrogram(clip: np.ndarray, true: int, rate: int) -> np.ndarray:
 
     n_fft = 1 << max(8, int(np.ceil(np.log2(rate * 0.064))))  # 64 ms windows: 1024 at 16 kHz
     hop = max(1, -(-len(clip) // WAVE_WIDTH))
-    padded = np.zeros(hop * WAVE_WIDTH + n_fft, np.float32)
-    padded[: len(clip)] = clip
+    lead = max(n_fft // 2 - hop // 2, 0)  # frame k is centred on waveform column k
+    padded = np.zeros(lead + hop * WAVE_WIDTH + n_fft, np.float32)
+    padded[lead : lead + len(clip)] = clip
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop][:WAVE_WIDTH]
     power = np.abs(np.fft.rfft(frames * np.hanning(n_fft).astype(np.float32), axis=1)) ** 2
     db = 10 * np.log10(power @ _mel_filters(rate, n_fft, SPEC_HEIGHT).T + 1e-10)
-    level = ((db - (db.max() - 80)) / 80).clip(0, 1).T[::-1]  # (bands, columns), low frequencies last
+    floor = max(float(db.max()) - 80, -100)  # 80 dB below the peak; silence (-100 dB) stays dark
+    level = ((db - floor) / 80).clip(0, 1).T[::-1]  # (bands, columns), low frequencies last
     return _mark_padding(_colour(level), true * WAVE_WIDTH // max(len(clip), 1))
 
 
@@ -554,13 +608,14 @@ def _mark_padding(image: np.ndarray, start: int) -> np.ndarray:
 
 
 def add_preview_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of ``tensorstore-ds preview`` (and ``python -m tensorstore_ds.preview``)."""
+    """Arguments of ``tensorstore-ds preview``; sets ``run`` to :func:`run_preview`, as every subcommand does."""
     parser.add_argument("store", help="store directory or URL (only the shown samples' chunks are downloaded)")
     parser.add_argument("-o", "--output", metavar="PNG", help="the preview sheet to write, e.g. sheet.png")
-    parser.add_argument("--html", metavar="DIR", help="also write DIR/index.html with each image (and a WAV per clip)")
+    parser.add_argument("--html", metavar="DIR", help="write DIR/index.html, with each image (and a WAV per clip)")
     parser.add_argument("--samples", type=int, default=None, help="how many samples (default: 36 images, 12 clips)")
     parser.add_argument("--seed", type=int, default=None, help="show a random pick, the same for the same seed")
     parser.add_argument("--indices", type=_index_list, default=None, help="show these samples, e.g. 0,17,256")
+    parser.set_defaults(run=run_preview)
     return parser
 
 
@@ -573,22 +628,23 @@ def _index_list(text: str) -> list[int]:
 
 def run_preview(args: argparse.Namespace) -> int:
     """Make the preview the parsed arguments ask for; print what was written."""
-    layout = preview(args.store, args.output, samples=args.samples, seed=args.seed, indices=args.indices,
-                     html=args.html)
+    layout = preview(
+        args.store, args.output, samples=args.samples, seed=args.seed, indices=args.indices, html=args.html
+    )
     written = [str(p) for p in (layout.png, layout.html) if p is not None]
     print(f"preview of {len(layout.tiles)} samples of {layout.store}: {', '.join(written)}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m tensorstore_ds.preview``: the ``preview`` command on its own."""
-    parser = add_preview_args(argparse.ArgumentParser(prog="tensorstore-ds preview", description=__doc__.split("\n")[0]))
-    args = parser.parse_args(argv)
+    """``python -m tensorstore_ds.preview``: the command on its own, with the exit status of ``tensorstore-ds``."""
+    parser = argparse.ArgumentParser(prog="tensorstore-ds preview", description=__doc__.split("\n")[0])
+    args = add_preview_args(parser).parse_args(argv)
     try:
         return run_preview(args)
     except TensorStoreDSError as exc:
         print(f"tensorstore-ds preview: error: {exc}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(exc, (OptionsError, StoreNotFoundError)) else 1
 
 
 if __name__ == "__main__":

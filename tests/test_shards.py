@@ -96,3 +96,33 @@ def test_dask_local_cluster_equals_one_conversion(source: Path, tmp_path: Path) 
         manifest = convert(str(source), tmp_path / "dask", client=client, shards=4, **OPTIONS)
     assert manifest.counts == open_store(whole).manifest.counts
     assert store_bytes(tmp_path / "dask") == store_bytes(whole)
+
+
+def test_dask_command_line_equals_one_conversion(
+    source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's scale-out command, through main(), against a real scheduler address."""
+    distributed = pytest.importorskip("distributed")
+    whole = tmp_path / "whole"
+    convert(str(source), whole, **OPTIONS)
+    flags = ["--image-column", "image", "--image-size", "8", "--chunk-mb", "0.001", "--no-progress"]
+    with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        silence_logs=logging.WARNING,
+    ) as cluster:
+        argv = [
+            "convert",
+            str(source),
+            str(tmp_path / "dask"),
+            "--engine",
+            "dask",
+            "--scheduler",
+            cluster.scheduler_address,
+        ]
+        assert main([*argv, "--shards", "3", *flags]) == 0
+    assert f"{ROWS - 5} samples converted, 5 failed" in capsys.readouterr().out
+    assert store_bytes(tmp_path / "dask") == store_bytes(whole)

@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
 
 from ..errors import OptionsError, StoreError
 from ..format.manifest import MANIFEST, SHARDS_DIR, Manifest
@@ -99,55 +98,3 @@ def _finished_shards(root: Path) -> list[Path]:
             f"convert them with --shard K/{n} before committing"
         )
     return [shards[k] for k in range(n)]
-
-
-def convert_on_dask(
-    source: Any,
-    out: str | os.PathLike[str],
-    client: Any = None,
-    scheduler: str | None = None,
-    shards: int | None = None,
-    **options: Any,
-) -> Manifest:
-    """Convert every shard as a task on a Dask distributed cluster, then commit.
-
-    Parameters
-    ----------
-    source
-        Anything :func:`~tensorstore_ds.convert` takes that the workers can open
-        too (a path on a shared filesystem, a dataset name, a picklable dataset).
-    out
-        The store, on storage every worker can write to.
-    client, scheduler
-        A ``distributed.Client``, or the scheduler's address to connect to.
-    shards
-        Number of shards; default four per worker thread.
-    """
-    from distributed import Client
-
-    own = client is None
-    client = Client(scheduler) if own else client
-    try:
-        threads = sum(client.nthreads().values()) or 1
-        n = shards or 4 * threads
-        task_options = {**options, "workers": 0, "progress": False}
-        futures = client.map(
-            _shard_task,
-            [source] * n,
-            [str(out)] * n,
-            [(k, n) for k in range(n)],
-            [task_options] * n,
-            retries=2,
-            pure=False,
-        )
-        client.gather(futures)
-    finally:
-        if own:
-            client.close()
-    return commit(out, progress=bool(options.get("progress", True)))
-
-
-def _shard_task(source: Any, out: str, shard: tuple[int, int], options: dict[str, Any]) -> int:
-    from .api import convert
-
-    return convert(source, out, shard=f"{shard[0]}/{shard[1]}", **options).num_samples

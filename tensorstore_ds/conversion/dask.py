@@ -1,0 +1,64 @@
+"""The Dask engine: every shard of a conversion as a task on a cluster, then one commit.
+
+Each task converts shard ``K`` of ``N`` with :func:`~tensorstore_ds.conversion.run.convert_rows`
+into ``OUT/.shards/K-of-N`` (see :mod:`~tensorstore_ds.conversion.shards`);
+Dask retries a task whose worker is lost, and a retried shard resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from ..format.manifest import Manifest
+from .options import ConvertOptions
+from .run import convert_rows
+from .shards import commit, shard_dir
+
+
+def convert_on_dask(source: Any, out: str | os.PathLike[str], opts: ConvertOptions, client: Any = None) -> Manifest:
+    """Convert every shard as a task on a Dask distributed cluster, then commit.
+
+    Parameters
+    ----------
+    source
+        Anything :func:`~tensorstore_ds.convert` takes that the workers can open
+        too (a path on a shared filesystem, a dataset name, a picklable dataset).
+    out
+        The store, on storage every worker can write to.
+    opts
+        The conversion's options; ``scheduler`` is the address to connect to
+        when no ``client`` is given, and ``shards`` the number of shards
+        (default: four per worker thread).
+    client
+        A ``distributed.Client``.
+    """
+    from distributed import Client
+
+    own = client is None
+    client = Client(opts.scheduler) if own else client
+    try:
+        threads = sum(client.nthreads().values()) or 1
+        n = opts.shards or 4 * threads
+        task_opts = dataclasses.replace(
+            opts, workers=0, progress=False, engine=None, scheduler=None, shards=None, shard=None
+        )
+        futures = client.map(
+            _shard_task,
+            [source] * n,
+            [str(out)] * n,
+            [(k, n) for k in range(n)],
+            [task_opts] * n,
+            retries=2,
+            pure=False,
+        )
+        client.gather(futures)
+    finally:
+        if own:
+            client.close()
+    return commit(out, progress=opts.progress)
+
+
+def _shard_task(source: Any, out: str, shard: tuple[int, int], opts: ConvertOptions) -> int:
+    return convert_rows(source, shard_dir(out, *shard), opts, shard=shard).num_samples

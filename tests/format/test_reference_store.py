@@ -17,7 +17,7 @@ import torch
 
 from tensorstore_ds import TensorStoreDataset, collate, open_store
 
-STORE = Path(__file__).parent / "data" / "reference_store"
+STORE = Path(__file__).parents[1] / "data" / "reference_store"
 NUM_SAMPLES = 6
 SOURCE_ROWS = [0, 1, 2, 3, 5, 6]
 PIXEL_SUMS = [16992, 24096, 31200, 31648, 22560, 17376]

@@ -12,8 +12,8 @@ from tensorstore_ds.cli import main
 from tensorstore_ds.conversion.shards import commit, shard_dir, shard_ranges
 from tensorstore_ds.errors import OptionsError, StoreError
 
-from .media import isolate_hf_cache, write_image
-from .stores import store_bytes
+from tests.media import isolate_hf_cache, write_image
+from tests.stores import store_bytes
 
 ROWS = 29
 OPTIONS = {"image_column": "image", "image_size": 8, "chunk_mb": 0.001, "workers": 0, "progress": False}

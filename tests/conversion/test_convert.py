@@ -48,7 +48,7 @@ from tests.stores import store_bytes
 
 SIZE = 16
 FAST: dict[str, Any] = {"image_size": SIZE, "chunk_mb": 0.002, "workers": 0, "progress": False}  # 2 rows a chunk
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

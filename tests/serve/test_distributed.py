@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from tensorstore_ds import ChunkShuffleSampler, TensorStoreDataset, collate
 from tensorstore_ds.demo.samples import make_image_folder
 
-from .media import isolate_hf_cache
+from tests.media import isolate_hf_cache
 
 WORLD = 2
 

@@ -2,7 +2,7 @@
 
 Convert once with :func:`convert`; serve with :class:`TensorStoreDataset` (RAM
 or paged) or read with :func:`open_store` (numpy, no torch), from a directory
-or a URL; copy a store with :func:`pull`, combine stores with :func:`merge`.
+or a URL; look at one with :func:`preview`; copy a store with :func:`pull`, combine stores with :func:`merge`.
 Nothing heavy is imported until a name is used.
 """
 
@@ -25,6 +25,7 @@ _EXPORTS = {
     "errors": ".errors",
     "merge": ".conversion.merge",
     "open_store": ".store.store",
+    "preview": ".store.preview.api",
     "pull": ".store.pull",
     "verify": ".store.verify",
     "VerifyReport": ".store.verify",
@@ -44,6 +45,7 @@ __all__ = [
     "errors",
     "merge",
     "open_store",
+    "preview",
     "pull",
     "verify",
 ]
@@ -57,6 +59,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name load
     from .serve.dataset import TensorStoreDataset
     from .serve.multi import MultiStoreDataset
     from .serve.sampler import ChunkShuffleSampler
+    from .store.preview.api import preview
     from .store.pull import pull
     from .store.store import Store, open_store
     from .store.verify import VerifyReport, verify

@@ -1,7 +1,7 @@
 """The ``tensorstore-ds`` command: a thin layer over the library functions.
 
 Every subcommand calls the function a user can import (``convert``, ``info``,
-``verify``, ``pull``, ``merge``, ``commit``, ``demo``). Exit status: 0 on
+``preview``, ``verify``, ``pull``, ``merge``, ``commit``, ``demo``). Exit status: 0 on
 success, 1 when the work failed (verify found damage, a store is damaged, a
 write or a download failed), 2 on bad usage (an unknown flag, an invalid
 option value, a source, column or store that is not there), 130 when interrupted.
@@ -161,6 +161,41 @@ def _add_store_commands(sub: Any) -> None:
     p.set_defaults(run=_run_pull)
 
 
+def _index_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of sample indices") from None
+
+
+def _run_preview(args: argparse.Namespace) -> int:
+    from .store.preview.api import preview
+
+    layout = preview(
+        args.store, args.output, samples=args.samples, seed=args.seed, indices=args.indices, html=args.html
+    )
+    written = [str(p) for p in (layout.png, layout.html) if p is not None]
+    print(f"preview of {len(layout.tiles)} samples of {layout.store}: {', '.join(written)}")
+    return EXIT_OK
+
+
+def _add_preview_command(sub: Any) -> None:
+    p = sub.add_parser(
+        "preview",
+        help="draw a sheet of samples (images, or waveforms and spectrograms) with captions and failures",
+        description="Draw one PNG (and, with --html, a small static page) showing samples of a store with their "
+        "captions, sizes or lengths, and the store's options and failures by reason.",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("store", help="store directory or URL (only the shown samples' chunks are downloaded)")
+    p.add_argument("-o", "--output", metavar="PNG", help="the preview sheet to write, e.g. sheet.png")
+    p.add_argument("--html", metavar="DIR", help="write DIR/index.html, with each image (and a WAV per clip)")
+    p.add_argument("--samples", type=int, default=None, help="how many samples (default: 36 images, 12 clips)")
+    p.add_argument("--seed", type=int, default=None, help="show a random pick, the same for the same seed")
+    p.add_argument("--indices", type=_index_list, default=None, help="show these samples, e.g. 0,17,256")
+    p.set_defaults(run=_run_preview)
+
+
 def _add_assembly_commands(sub: Any) -> None:
     p = sub.add_parser(
         "merge",
@@ -204,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(sub)
     sub.choices["convert"].set_defaults(run=_run_convert)
     _add_store_commands(sub)
+    _add_preview_command(sub)
     _add_assembly_commands(sub)
     return parser
 

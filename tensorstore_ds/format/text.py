@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -91,6 +91,14 @@ class TextColumnWriter:
         return total
 
 
+class Rows(Protocol):
+    """A 1-D array a text column reads from: a numpy array, or a store array mapped on demand."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, key: Any) -> Any: ...
+
+
 class TextColumn:
     """Read access to one text column held as two numpy arrays.
 
@@ -107,7 +115,7 @@ class TextColumn:
         decode (its bytes were altered on disk).
     """
 
-    def __init__(self, data: np.ndarray, offsets: np.ndarray, encoding: str, where: str = "a text column") -> None:
+    def __init__(self, data: Rows, offsets: Rows, encoding: str, where: str = "a text column") -> None:
         self.data = data
         self.offsets = offsets
         self.encoding = encoding

@@ -224,7 +224,8 @@ class ChunkedArray:
                 raise IndexError(f"index {key} out of range for array {self.spec.name!r} of {len(self)} rows")
             return self.chunk(i // self.spec.chunk_rows)[i % self.spec.chunk_rows].copy()
         if isinstance(key, slice):
-            return self.take(np.arange(len(self))[key])
+            rows = range(len(self))[key]  # no arange over the whole array: text byte arrays are huge
+            return self.take(np.arange(rows.start, rows.stop, rows.step))
         return self.take(np.asarray(key))
 
     def read_into(self, out: np.ndarray, progress: Any = None) -> None:

@@ -89,6 +89,17 @@ class Store:
             self._text[name] = self.load_text(name)
         return self._text[name]
 
+    def paged_text(self, name: str) -> TextColumn:
+        """A text column read on demand: only the chunk files holding the rows asked for are read.
+
+        For a store at a URL only those chunk files are downloaded; :meth:`text`
+        instead loads the whole column once.
+        """
+        if name not in self.manifest.text:
+            raise FieldNotFoundError(self.location, "text column", name, sorted(self.manifest.text))
+        data, offsets = (self._chunked(f"text/{name}/{part}") for part in ("bytes", "offsets"))
+        return TextColumn(data, offsets, self.manifest.text[name], self.files.where(f"text/{name}"))
+
     def load_text(self, name: str) -> TextColumn:
         """Read a text column afresh, without keeping it in this object."""
         if name not in self.manifest.text:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
 
-    from .preview import Box, PreviewLayout, Tile
+    from .layout import Box, PreviewLayout, Tile
 
 FILES = "preview"  # the page's files, in a folder of their own beside index.html
 STYLE = """

@@ -8,39 +8,46 @@ failures with exponential backoff (honouring ``Retry-After``) and reports each
 failure as a :class:`~tensorstore_ds.errors.FetchError` whose ``reason`` is
 one of ``http-<status>``, ``timeout``, ``connection-error``, ``too-large``,
 ``too-many-redirects``, ``scheme-refused``, ``bad-url``, ``empty-body``,
-``not-media`` and, for ``file://`` URLs, ``file-error``.
+``not-media``, ``host-circuit-open`` (see :mod:`.hosts`) and, for ``file://``
+URLs, ``file-error``. A URL has a deadline over all its attempts
+(``FetchOptions.deadline``) besides the per-attempt ``total_timeout``; the
+helpers that check URLs and map transport errors live in :mod:`.urls`.
 """
 
 from __future__ import annotations
 
-import email.utils
 import math
-import os
 import threading
 import time
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import urllib3
-from urllib3 import exceptions as u3
 
 from .._version import __version__
 from ..errors import FetchError, OptionsError
+from .hosts import Hosts
+from .urls import (
+    SUPPORTED_SCHEMES,
+    Response,
+    Retry,
+    check_url,
+    content_length,
+    discard,
+    map_error,
+    read_file,
+    retry_after,
+)
 
 __all__ = ["DEFAULT_USER_AGENT", "FetchOptions", "Fetcher"]
 
 DEFAULT_USER_AGENT = f"tensorstore_ds/{__version__}"
 
-_SUPPORTED_SCHEMES = ("http", "https", "file")
 _NOT_MEDIA_TYPES = frozenset({"text/html", "application/xhtml+xml", "text/plain"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 256 * 1024
-_DRAIN_LIMIT = 64 * 1024  # drain redirect/error bodies up to this size to reuse the connection
 _MIN_POOLS = 32
-_Response = urllib3.BaseHTTPResponse
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,10 @@ class FetchOptions:
         Deadline in seconds for one attempt (redirects, headers and body), so
         a server trickling bytes cannot hold a worker forever; checked between
         socket reads, so it may be overrun by up to ``read_timeout``.
+    deadline
+        Deadline in seconds for the whole URL: every attempt, redirect and
+        backoff wait. No retry starts once it has passed, and no attempt runs
+        past it; None for no deadline beyond ``total_timeout`` per attempt.
     retries
         Retries after connection errors, timeouts, HTTP 5xx, 408 and 429.
     backoff, max_backoff
@@ -77,6 +88,7 @@ class FetchOptions:
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
     total_timeout: float = 120.0
+    deadline: float | None = None
     retries: int = 3
     backoff: float = 0.5
     max_backoff: float = 30.0
@@ -92,6 +104,13 @@ class FetchOptions:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not ok or not math.isfinite(value) or value < 0 or (strict and value == 0):
                 _invalid(name, f"a finite number {'> 0' if strict else '>= 0'}", value)
+        if self.deadline is not None and (
+            isinstance(self.deadline, bool)
+            or not isinstance(self.deadline, (int, float))
+            or not math.isfinite(self.deadline)
+            or self.deadline <= 0
+        ):
+            _invalid("deadline", "a finite number > 0 or None", self.deadline)
         for name, low in (("retries", 0), ("max_bytes", 1), ("max_redirects", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -100,8 +119,8 @@ class FetchOptions:
         if isinstance(schemes, str) or not all(isinstance(s, str) for s in schemes):
             _invalid("allowed_schemes", "a tuple of strings", schemes)
         normalized = tuple(s.lower() for s in schemes)
-        if not normalized or not set(normalized) <= set(_SUPPORTED_SCHEMES):
-            _invalid("allowed_schemes", f"a non-empty subset of {_SUPPORTED_SCHEMES}", schemes)
+        if not normalized or not set(normalized) <= set(SUPPORTED_SCHEMES):
+            _invalid("allowed_schemes", f"a non-empty subset of {SUPPORTED_SCHEMES}", schemes)
         object.__setattr__(self, "allowed_schemes", normalized)
         if not isinstance(self.reject_html, bool):
             _invalid("reject_html", "a bool", self.reject_html)
@@ -111,15 +130,6 @@ class FetchOptions:
 
 def _invalid(name: str, expected: str, value: object) -> NoReturn:
     raise OptionsError(f"FetchOptions.{name} must be {expected}, got {value!r}")
-
-
-class _Retry(Exception):
-    """Internal: an attempt failed in a way worth retrying, maybe after ``wait`` s."""
-
-    def __init__(self, error: FetchError, wait: float | None = None) -> None:
-        super().__init__(error)
-        self.error = error
-        self.wait = wait
 
 
 class Fetcher:
@@ -132,6 +142,10 @@ class Fetcher:
     concurrency
         How many threads are expected to call :meth:`fetch` at once; it sizes
         the per-host connection pool.
+    hosts
+        Shared per-host state: every attempt is reported to its circuit
+        breaker, and a URL of a host whose circuit is open fails at once with
+        ``host-circuit-open``. None for no breaker.
 
     Notes
     -----
@@ -140,13 +154,16 @@ class Fetcher:
     :meth:`close` releases the connections; a closed Fetcher reopens on use.
     """
 
-    def __init__(self, options: FetchOptions = FetchOptions(), concurrency: int = 64) -> None:
+    def __init__(
+        self, options: FetchOptions = FetchOptions(), concurrency: int = 64, hosts: Hosts | None = None
+    ) -> None:
         if not isinstance(options, FetchOptions):
             raise OptionsError(f"options must be a FetchOptions, got {type(options).__name__}")
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise OptionsError(f"concurrency must be an integer >= 1, got {concurrency!r}")
         self.options = options
         self.concurrency = concurrency
+        self.hosts = hosts
         self._pool: urllib3.PoolManager | None = None
         self._lock = threading.Lock()
 
@@ -179,7 +196,7 @@ class Fetcher:
         self.close()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"options": self.options, "concurrency": self.concurrency}
+        return {"options": self.options, "concurrency": self.concurrency, "hosts": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)  # type: ignore[misc]  # a fresh lock, no pool
@@ -203,45 +220,68 @@ class Fetcher:
             With a reason listed in the module docstring; ``detail`` names the
             URL and the cause.
         """
-        scheme = _check_url(url, self.options.allowed_schemes)
+        scheme = check_url(url, self.options.allowed_schemes)
         url = url.strip()
         if scheme == "file":
-            return _read_file(url, self.options.max_bytes)
+            return read_file(url, self.options.max_bytes)
+        start, limit = time.monotonic(), self.options.deadline
+        url_deadline = math.inf if limit is None else start + limit
         attempt = 0
         while True:
             try:
-                return self._attempt(url)
-            except _Retry as retry:
+                return self._attempt_reported(url, url_deadline)
+            except Retry as retry:
+                wait = self.options.backoff * 2.0**attempt if retry.wait is None else retry.wait
+                wait = min(wait, self.options.max_backoff)
                 if attempt >= self.options.retries:
                     _give_up(retry.error, attempt + 1)
-                wait = self.options.backoff * 2.0**attempt if retry.wait is None else retry.wait
-                time.sleep(min(wait, self.options.max_backoff))
+                if time.monotonic() + wait >= url_deadline:
+                    _give_up(retry.error, attempt + 1, f"deadline={limit}s reached")
+                time.sleep(wait)
                 attempt += 1
 
-    def _attempt(self, url: str) -> bytes:
-        deadline = time.monotonic() + self.options.total_timeout
+    def _attempt_reported(self, url: str, url_deadline: float) -> bytes:
+        """One attempt, its outcome reported to the host's circuit breaker."""
+        if self.hosts is None:
+            return self._attempt(url, url_deadline)
+        self.hosts.check(url)
+        try:
+            body = self._attempt(url, url_deadline)
+        except Retry as retry:
+            self.hosts.record(url, retry.error.reason)
+            raise
+        except FetchError as exc:
+            self.hosts.record(url, exc.reason)
+            raise
+        self.hosts.record(url, None)
+        return body
+
+    def _attempt(self, url: str, url_deadline: float = math.inf) -> bytes:
+        per_attempt = time.monotonic() + self.options.total_timeout
+        label = "deadline" if url_deadline < per_attempt else "total_timeout"
+        deadline = min(per_attempt, url_deadline)
         current = url
         http_only = tuple(s for s in self.options.allowed_schemes if s != "file")
         for _ in range(self.options.max_redirects + 1):
-            response = self._request(url, current, deadline)
+            response = self._request(url, current, deadline, label)
             location = response.headers.get("Location")
             if response.status not in _REDIRECTS or not location:
-                return self._read(_where(url, current), response, deadline)
-            _discard(response)
+                return self._read(_where(url, current), response, deadline, label)
+            discard(response)
             current = urllib.parse.urljoin(current, location.strip())
             try:
-                _check_url(current, http_only)
+                check_url(current, http_only)
             except FetchError as exc:
                 raise FetchError(exc.reason, f"{url}: redirect refused: {exc.detail}") from None
         detail = f"{url}: more than {self.options.max_redirects} redirects (last to {current})"
         raise FetchError("too-many-redirects", detail)
 
-    def _request(self, url: str, current: str, deadline: float) -> _Response:
+    def _request(self, url: str, current: str, deadline: float, label: str) -> Response:
         where = _where(url, current)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            limit = self.options.total_timeout
-            raise _Retry(FetchError("timeout", f"{where}: total_timeout={limit}s exceeded"))
+            limit = self.options.deadline if label == "deadline" else self.options.total_timeout
+            raise Retry(FetchError("timeout", f"{where}: {label}={limit}s exceeded"))
         timeout = urllib3.Timeout(
             connect=min(self.options.connect_timeout, remaining),
             read=min(self.options.read_timeout, remaining),
@@ -256,16 +296,16 @@ class Fetcher:
                 preload_content=False,
             )
         except Exception as exc:
-            raise _map_error(where, exc, self.options) from None
+            raise map_error(where, exc, self.options) from None
 
-    def _read(self, where: str, response: _Response, deadline: float) -> bytes:
+    def _read(self, where: str, response: Response, deadline: float, label: str) -> bytes:
         try:
             self._check_headers(where, response)
         except BaseException:
-            _discard(response)
+            discard(response)
             raise
         try:
-            body = self._stream(where, response, deadline)
+            body = self._stream(where, response, deadline, label)
         except BaseException:
             response.close()  # never reuse a connection left mid-body
             response.release_conn()
@@ -275,32 +315,32 @@ class Fetcher:
             raise FetchError("empty-body", f"{where}: HTTP {response.status} with an empty body")
         return body
 
-    def _check_headers(self, where: str, response: _Response) -> None:
+    def _check_headers(self, where: str, response: Response) -> None:
         status = response.status
         if not 200 <= status < 300:
             detail = f"{where}: HTTP {status} {response.reason or ''}".strip()
             error = FetchError(f"http-{status}", detail)
             if status < 500 and status not in (408, 429):
                 raise error
-            retry_after = response.headers.get("Retry-After") if status in (429, 503) else None
-            raise _Retry(error, _retry_after(retry_after))
+            header = response.headers.get("Retry-After") if status in (429, 503) else None
+            raise Retry(error, retry_after(header))
         media_type = (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if self.options.reject_html and media_type in _NOT_MEDIA_TYPES:
             raise FetchError("not-media", f"{where}: HTTP {status} is {media_type}, not media")
-        declared = _content_length(response)
+        declared = content_length(response)
         if declared is not None and declared > self.options.max_bytes:
             limit = self.options.max_bytes
             raise FetchError("too-large", f"{where}: Content-Length {declared} > max_bytes={limit}")
 
-    def _stream(self, where: str, response: _Response, deadline: float) -> bytes:
+    def _stream(self, where: str, response: Response, deadline: float, label: str) -> bytes:
         chunks: list[bytes] = []
         total = 0
         try:
             while True:
                 if time.monotonic() > deadline:
-                    limit = self.options.total_timeout
-                    detail = f"{where}: body not complete within total_timeout={limit}s"
-                    raise _Retry(FetchError("timeout", detail))
+                    limit = self.options.deadline if label == "deadline" else self.options.total_timeout
+                    detail = f"{where}: body not complete within {label}={limit}s"
+                    raise Retry(FetchError("timeout", detail))
                 chunk = response.read1(_CHUNK)
                 if not chunk:
                     return b"".join(chunks)
@@ -309,115 +349,20 @@ class Fetcher:
                     limit = self.options.max_bytes
                     raise FetchError("too-large", f"{where}: body exceeds max_bytes={limit}")
                 chunks.append(chunk)
-        except (_Retry, FetchError):
+        except (Retry, FetchError):
             raise
         except Exception as exc:
-            raise _map_error(where, exc, self.options) from None
-
-
-# --- helpers ---------------------------------------------------------------
+            raise map_error(where, exc, self.options) from None
 
 
 def _where(url: str, current: str) -> str:
     return url if current == url else f"{url} (redirected to {current})"
 
 
-def _give_up(error: FetchError, attempts: int) -> NoReturn:
+def _give_up(error: FetchError, attempts: int, why: str = "") -> NoReturn:
     cause = error.__cause__
-    if attempts > 1:
-        error = FetchError(error.reason, f"{error.detail} (after {attempts} attempts)")
+    notes = [f"after {attempts} attempts"] if attempts > 1 else []
+    notes += [why] if why else []
+    if notes:
+        error = FetchError(error.reason, f"{error.detail} ({'; '.join(notes)})")
     raise error from cause
-
-
-def _check_url(url: object, allowed: tuple[str, ...]) -> str:
-    """Return the lower-case scheme of ``url``; raise bad-url or scheme-refused."""
-    if not isinstance(url, str) or not url.strip():
-        raise FetchError("bad-url", f"{url!r}: not a URL")
-    try:
-        parts = urllib.parse.urlsplit(url.strip())
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError as exc:
-        raise FetchError("bad-url", f"{url!r}: {exc}") from exc
-    scheme = parts.scheme.lower()
-    if not scheme:
-        raise FetchError("bad-url", f"{url!r}: no scheme")
-    if scheme not in allowed:
-        detail = f"{url}: scheme {scheme!r} not in allowed_schemes {allowed}"
-        raise FetchError("scheme-refused", detail)
-    if scheme != "file" and (not parts.hostname or any(c.isspace() for c in parts.netloc)):
-        raise FetchError("bad-url", f"{url!r}: no valid host")
-    return scheme
-
-
-def _map_error(where: str, exc: Exception, options: FetchOptions) -> _Retry | FetchError:
-    """Translate a urllib3 or socket exception into a (retryable) FetchError."""
-    text = getattr(exc, "_message", None)  # NewConnectionError, without the connection repr
-    if not isinstance(text, str):
-        text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
-    if isinstance(exc, u3.NewConnectionError):  # a subclass of ConnectTimeoutError
-        reason, text = "connection-error", f"cannot connect: {text}"
-    elif isinstance(exc, u3.ConnectTimeoutError):
-        reason, text = "timeout", f"no connection within connect_timeout={options.connect_timeout}s"
-    elif isinstance(exc, (u3.ReadTimeoutError, TimeoutError)):
-        reason, text = "timeout", f"no data within read_timeout={options.read_timeout}s"
-    elif isinstance(exc, (u3.HTTPError, OSError)) and not isinstance(exc, u3.LocationValueError):
-        reason = "connection-error"
-    elif isinstance(exc, ValueError):  # LocationValueError, http.client.InvalidURL
-        reason = "bad-url"
-    else:
-        raise exc
-    error = FetchError(reason, f"{where}: {text or type(exc).__name__}")
-    error.__cause__ = exc
-    return error if reason == "bad-url" else _Retry(error)
-
-
-def _content_length(response: _Response) -> int | None:
-    value = response.headers.get("Content-Length")
-    try:
-        return int(value.split(",")[0]) if value else None
-    except ValueError:
-        return None
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds asked for by a ``Retry-After`` header (a delay or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - datetime.now(UTC)).total_seconds()
-    return None if math.isnan(seconds) else max(seconds, 0.0)
-
-
-def _discard(response: _Response) -> None:
-    """Give a response's connection back: drain a small body, else close it."""
-    length = _content_length(response)
-    if length is not None and length <= _DRAIN_LIMIT:
-        response.drain_conn()
-    else:
-        response.close()
-    response.release_conn()
-
-
-def _read_file(url: str, max_bytes: int) -> bytes:
-    parts = urllib.parse.urlsplit(url)
-    if parts.netloc not in ("", "localhost"):
-        raise FetchError("bad-url", f"{url}: a file URL must name a local path, not a host")
-    try:
-        with open(urllib.request.url2pathname(parts.path), "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            data = f.read(max_bytes + 1) if size <= max_bytes else b""
-    except OSError as exc:
-        raise FetchError("file-error", f"{url}: {exc.strerror or exc}") from exc
-    if size > max_bytes or len(data) > max_bytes:
-        raise FetchError("too-large", f"{url}: file exceeds max_bytes={max_bytes}")
-    if not data:
-        raise FetchError("empty-body", f"{url}: file is empty")
-    return data

@@ -32,6 +32,14 @@ def image_bytes(height: int = 32, width: int = 32, seed: int = 0, fmt: str = "PN
     return buf.getvalue()
 
 
+def noise_png(seed: int, size: int = 32) -> bytes:
+    """A ``size`` x ``size`` PNG of uniform noise (incompressible: chunks of distinct stores differ everywhere)."""
+    noise = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def write_image(
     path: str | os.PathLike[str], height: int = 32, width: int = 32, seed: int = 0, fmt: str = "PNG"
 ) -> Path:

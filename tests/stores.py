@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -11,10 +10,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from tensorstore_ds.conversion.api import convert
 from tensorstore_ds.store.store import Store
+from tests.media import noise_png
 
 SIZE = 16
 CHUNK_ROWS = 4
@@ -24,18 +23,11 @@ SAMPLES = 22
 BAD_ROW = 5
 
 
-def png(i: int) -> bytes:
-    pixels = np.random.default_rng(i).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 def build_image_store(root: Path, n: int = SAMPLES, seed: int = 0) -> Path:
     """A store of ``n`` rows (row ``BAD_ROW`` fails) with caption lists and a kept column; 4 rows a chunk."""
     import datasets
 
-    images = [png(seed * 1000 + i) for i in range(n)]
+    images = [noise_png(seed * 1000 + i, SIZE) for i in range(n)]
     images[BAD_ROW] = b"not an image"
     source = datasets.Dataset.from_dict(
         {

@@ -31,7 +31,7 @@ from tensorstore_ds.compat import (
 from tensorstore_ds.errors import OptionsError, StoreLockedError
 from tensorstore_ds.serve import ring
 from tests.httpserver import TestServer
-from tests.media import audio_bytes, audio_struct, isolate_hf_cache, write_image
+from tests.media import audio_bytes, audio_struct, write_image
 
 # The conversion module, to patch its internals.
 convert_module = importlib.import_module("tensorstore_ds.conversion.api")
@@ -63,7 +63,6 @@ CLIPS, BAD_CLIP = 4, 1
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """``datasets``' cache and ours in tmp_path; no fetch retries (a dead URL fails at once)."""
-    isolate_hf_cache(monkeypatch, tmp_path)
     monkeypatch.setenv(compat.CACHE_ENV, str(tmp_path / "cache"))
     plain = convert_module.ConvertOptions.fetch_options
     monkeypatch.setattr(

@@ -45,15 +45,10 @@ from tensorstore_ds.errors import StoreIncompleteError, StoreLockedError, StoreW
 from tensorstore_ds.format.manifest import MANIFEST, WORK_DIR
 from tensorstore_ds.serve.shm import PREFIX
 from tests.httpserver import Response, TestServer
-from tests.media import image_bytes, isolate_hf_cache, write_image
+from tests.media import image_bytes, write_image
 from tests.stores import store_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def hf_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    return isolate_hf_cache(monkeypatch, tmp_path)
 
 
 # --- comparing stores ------------------------------------------------------------------------------------------

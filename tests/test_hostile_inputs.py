@@ -36,12 +36,6 @@ from tests.hostile import (
     write_parquet,
 )
 from tests.httpserver import Response, TestServer
-from tests.media import isolate_hf_cache
-
-
-@pytest.fixture(autouse=True)
-def hf_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    return isolate_hf_cache(monkeypatch, tmp_path)
 
 
 def check(result: CorpusResult, hostile_at_least: int) -> None:

@@ -43,17 +43,12 @@ from tensorstore_ds.errors import (
 from tensorstore_ds.format.manifest import WORK_DIR
 from tensorstore_ds.store.store import open_store
 from tests.httpserver import Response, TestServer
-from tests.media import audio_bytes, audio_struct, image_bytes, isolate_hf_cache, write_audio, write_image
+from tests.media import audio_bytes, audio_struct, image_bytes, write_audio, write_image
 from tests.stores import store_bytes
 
 SIZE = 16
 FAST: dict[str, Any] = {"image_size": SIZE, "chunk_mb": 0.002, "workers": 0, "progress": False}  # 2 rows a chunk
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def hf_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    return isolate_hf_cache(monkeypatch, tmp_path)
 
 
 def write_parquet(path: Path, rows: dict[str, list[Any]] | pa.Table) -> str:

@@ -11,8 +11,7 @@ from tensorstore_ds import convert, open_store, verify
 from tensorstore_ds.cli import main
 from tensorstore_ds.conversion.shards import commit, shard_dir, shard_ranges
 from tensorstore_ds.errors import OptionsError, StoreError
-
-from tests.media import isolate_hf_cache, write_image
+from tests.media import write_image
 from tests.stores import store_bytes
 
 ROWS = 29
@@ -24,7 +23,6 @@ def source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A Parquet of local image paths with a few broken rows."""
     import pandas as pd
 
-    isolate_hf_cache(monkeypatch, tmp_path / "hf")
     images = tmp_path / "images"
     images.mkdir()
     rows = []

@@ -2,6 +2,7 @@
 # Set up a virtualenv in .venv (once) and run the demo or the tests.
 #   bash tools/dev.sh demo   # convert a built-in sample dataset, load it, iterate as training would
 #   bash tools/dev.sh test   # the test suite
+#   bash tools/dev.sh lint   # ruff (lint and format check) and mypy, as CI runs them
 # Any torch >= 2.2 already importable by $PYTHON is used (the venv sees system site-packages
 # only if you create it yourself with --system-site-packages); otherwise torch==2.13.0 is
 # installed (set TORCH_SPEC to choose another, e.g. TORCH_SPEC="torch==2.9.1").
@@ -25,5 +26,6 @@ shift || true
 case "$cmd" in
   demo) exec "$VENV/bin/python" -m tensorstore_ds demo "$@" ;;
   test) exec "$VENV/bin/python" -m pytest -q "$@" ;;
-  *) echo "usage: bash tools/dev.sh demo|test [args]" >&2; exit 2 ;;
+  lint) "$VENV/bin/ruff" check . && "$VENV/bin/ruff" format --check . && exec "$VENV/bin/mypy" ;;
+  *) echo "usage: bash tools/dev.sh demo|test|lint [args]" >&2; exit 2 ;;
 esac

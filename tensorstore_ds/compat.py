@@ -151,7 +151,7 @@ def square_size(image_size: int | Sequence[int]) -> int:
     return int(sizes[0])
 
 
-class _StoreBackedDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
+class _StoreBackedDataset(torch.utils.data.Dataset[dict[str, Any]]):
     """What both seed classes share: the cached store, the index map, lazy items.
 
     Parameters

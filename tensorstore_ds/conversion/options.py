@@ -154,11 +154,12 @@ class ConvertOptions:
         unknown = sorted(set(options) - known)
         if unknown:
             raise OptionsError(f"unknown convert option(s) {unknown}; known: {sorted(known)}")
-        values = dict(options)
+        values: dict[str, Any] = dict(options)
         for f in option_fields():
             if f.metadata["parse"] is comma_list and isinstance(values.get(f.name), str):
                 values[f.name] = comma_list(values[f.name])
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        typed: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**typed)
 
     def content(self) -> dict[str, Any]:
         """The options that decide the store's content, JSON-ready (tuples as lists)."""

@@ -36,7 +36,7 @@ def hash_file(path: Path, progress: Any = None) -> tuple[int, str]:
 
 def store_files(root: Path) -> list[str]:
     """Store-relative paths of every regular file except the manifest and work files."""
-    found = []
+    found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         rel = Path(dirpath).relative_to(root)
         dirnames[:] = sorted(d for d in dirnames if not (rel == Path(".") and d in RESERVED_DIRS))

@@ -195,7 +195,7 @@ def write_array(root: Path, spec: ArraySpec, data: np.ndarray, attributes: dict[
 def write_chunk(root: Path, spec: ArraySpec, k: int, rows: np.ndarray, fsync: bool = False) -> None:
     """Write chunk ``k`` of ``spec`` from ``rows`` (at most ``chunk_rows``), zero-padded."""
     buf = np.ascontiguousarray(rows, dtype=spec.dtype)
-    data = memoryview(buf).cast("B")
+    data = memoryview(buf.data).cast("B")
     pad = spec.chunk_bytes - len(data)
     if pad < 0:
         raise ValueError(f"chunk {k} of {spec.name} has {len(rows)} rows, more than {spec.chunk_rows}")

@@ -199,9 +199,13 @@ def merged(stores: Stores, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("mode", ["ram", "paged"])
 def test_several_stores_serve_like_the_merged_one(stores: Stores, merged: Path, mode: str) -> None:
     budget = "1GiB" if mode == "ram" else str(3 * CHUNK_BYTES)
-    multi = TensorStoreDataset(stores.parts["thirds"], fields=FIELDS, mode=mode, memory_budget=budget, progress=False)
+    multi = MultiStoreDataset(stores.parts["thirds"], fields=FIELDS, mode=mode, memory_budget=budget, progress=False)
     single = TensorStoreDataset(merged, fields=FIELDS, mode="ram", progress=False)
     assert isinstance(multi, MultiStoreDataset) and isinstance(multi, TensorStoreDataset)
+    listed = TensorStoreDataset(stores.parts["thirds"], fields=FIELDS, mode=mode, memory_budget=budget, progress=False)
+    assert listed.mode == mode and len(listed) == len(multi)
+    for indices in (list(range(len(single))), [10, 0, 5, -1, 3, 3, 7]):
+        assert_same_items(all_items(listed, indices), all_items(multi, indices))
     assert multi.mode == mode and len(multi) == len(single) == ROWS - len(BAD)
     assert repr(multi).startswith("MultiStoreDataset([")
     order = list(range(len(single)))

@@ -48,8 +48,11 @@ class TensorStoreDSError(Exception):
 
 def _rebuild(cls: type[TensorStoreDSError], args: tuple[Any, ...], state: dict[str, Any]) -> TensorStoreDSError:
     """An unpickled error: its message and its attributes, without running ``__init__``."""
-    error = cls.__new__(cls, *args)
-    Exception.__init__(error, *args)
+    base: type = cls
+    while base.__module__ != "builtins":  # the builtin whose memory layout the error has (OSError, Exception, ...)
+        base = base.__base__
+    error = base.__new__(cls, *args)
+    base.__init__(error, *args)
     for name, value in state.items():
         setattr(error, name, value)
     return error
@@ -132,6 +135,50 @@ class ColumnNotFoundError(TensorStoreDSError, KeyError):
 
 class SourceError(TensorStoreDSError, ValueError):
     """A source could not be opened or understood."""
+
+
+class SplitNotFoundError(SourceError):
+    """The source has no split of the name asked for.
+
+    Parameters
+    ----------
+    source
+        The source as the user named it.
+    split
+        The split asked for.
+    available
+        The splits the source has.
+    """
+
+    def __init__(self, source: str, split: str, available: list[str]) -> None:
+        self.source = source
+        self.split = split
+        self.available = sorted(available)
+        super().__init__(f"{source} has no split {split!r}; splits: {self.available}; choose one with --split")
+
+
+class MediaFilesMissingError(SourceError):
+    """Rows of a folder's metadata name media files that do not exist.
+
+    Parameters
+    ----------
+    metadata
+        The metadata file.
+    missing
+        The missing file names, as the metadata writes them (the first few).
+    count
+        How many rows name a missing file.
+    """
+
+    def __init__(self, metadata: str, missing: list[str], count: int) -> None:
+        self.metadata = metadata
+        self.missing = list(missing)
+        self.count = count
+        names = ", ".join(map(repr, self.missing))
+        super().__init__(
+            f"{metadata}: {count} row(s) name media files that do not exist ({names}"
+            f"{', ...' if count > len(self.missing) else ''}); fix their file_name or remove those rows"
+        )
 
 
 class OptionsError(TensorStoreDSError, ValueError):
@@ -248,6 +295,34 @@ class SharedMemoryError(TensorStoreDSError, OSError):
             f"RAM mode needs {format_bytes(needed)} of shared memory, {where} has {format_bytes(free)} free; "
             "enlarge it (docker: --shm-size), set TENSORSTORE_DS_SHM_DIR, or use mode='paged'"
         )
+
+
+class ResumeStateError(TensorStoreDSError, ValueError):
+    """A sampler checkpoint does not belong to this sampler's store or settings.
+
+    Parameters
+    ----------
+    key
+        What differs (``"seed"``, ``"samples"``, ...), or ``"state"`` for a dict that holds no sampler state.
+    saved, current
+        The checkpoint's value and this sampler's.
+    """
+
+    def __init__(self, key: str, saved: Any, current: Any) -> None:
+        self.key = key
+        self.saved = saved
+        self.current = current
+        if key == "state":
+            message = (
+                f"no ChunkShuffleSampler state in this checkpoint (keys {saved!r}); pass sampler.state_dict() "
+                "or a StatefulDataLoader's state_dict()"
+            )
+        else:
+            message = (
+                f"the checkpoint was taken with {key}={saved!r}, this sampler has {key}={current!r}; a sampler "
+                "resumes only with the seed, shuffle and store it was saved with"
+            )
+        super().__init__(message)
 
 
 # --- several stores --------------------------------------------------------

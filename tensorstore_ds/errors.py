@@ -48,11 +48,11 @@ class TensorStoreDSError(Exception):
 
 def _rebuild(cls: type[TensorStoreDSError], args: tuple[Any, ...], state: dict[str, Any]) -> TensorStoreDSError:
     """An unpickled error: its message and its attributes, without running ``__init__``."""
-    base: type = cls
+    base: type[BaseException] = cls
     while base.__module__ != "builtins":  # the builtin whose memory layout the error has (OSError, Exception, ...)
-        base = base.__base__
-    error = base.__new__(cls, *args)
-    base.__init__(error, *args)
+        base = base.__base__  # type: ignore[assignment]  # always a BaseException subclass here
+    error: TensorStoreDSError = base.__new__(cls, *args)
+    BaseException.__init__(error, *args)
     for name, value in state.items():
         setattr(error, name, value)
     return error

@@ -1,25 +1,46 @@
-"""``ChunkShuffleSampler``: budget-aware, chunk-local shuffling across ranks.
+"""``ChunkShuffleSampler``: budget-aware, chunk-local shuffling across ranks, resumable mid-epoch.
 
 Random order over a store larger than RAM reads the disk at random; this
 sampler keeps reads local instead. Each epoch it shuffles the order of the
 chunk files, groups consecutive chunks into windows that fit the memory
-budget, and shuffles the samples within each window. While one window is
-served, the next window's chunk files are read ahead. The resulting order is
-split into contiguous, equal (to within one) parts across
-``torch.distributed`` ranks, so each sample is seen exactly once per epoch
-across ranks, and the order depends only on ``seed`` and the epoch.
+budget, and shuffles the samples within each window (the arithmetic is in
+:mod:`~tensorstore_ds.serve.order`). While one window is served, the next
+window this rank will read is read ahead. The order is cut into contiguous,
+equal parts across ``torch.distributed`` ranks, so each rank reads about
+``1/W`` of the chunk files and every rank serves the same number of samples
+(padding by default, or ``drop_last``), and the order depends only on
+``seed`` and the epoch.
+
+Resuming (the Stateful protocol of torchdata)
+    :meth:`~ChunkShuffleSampler.state_dict` returns a small dict of plain
+    values: the seed, the store's shape, the epoch and the epoch's *levels*
+    (world size and samples served per rank, see
+    :mod:`~tensorstore_ds.serve.order`). The same dict comes from every rank
+    of a job that runs in lockstep, so any one rank's is enough.
+    :meth:`~ChunkShuffleSampler.load_state_dict` makes the next iteration
+    continue from there: with the same world size, exactly at the next sample;
+    with another one, the new ranks share what the epoch has not served yet.
+    Restoring costs what starting an epoch costs: nothing before the position
+    is read, downloaded, read ahead or iterated over. A torchdata
+    ``StatefulDataLoader`` saves and restores the sampler by itself;
+    :meth:`~ChunkShuffleSampler.state_at` gives the state for a plain
+    ``DataLoader``, which fetches ahead of the training loop.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 from torch.utils.data import Sampler
 
 from ..errors import OptionsError
+from .order import EpochOrder, Level, Ranges, cut, equalised, pass_sequence, rank_part, total
+from .resume import check_state, make_state, sampler_state
+
+log = logging.getLogger("tensorstore_ds")
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -37,7 +58,8 @@ class ChunkShuffleSampler(Sampler[int]):
     ----------
     dataset
         A :class:`~tensorstore_ds.TensorStoreDataset` (its length, chunk size,
-        budget and read-ahead are used).
+        budget and read-ahead are used). If it has ``set_epoch(epoch, seed=)``,
+        the sampler tells it the epoch and seed (per-epoch caption choice).
     shuffle
         Shuffle at all; ``False`` gives the store order (still split by rank).
     seed
@@ -48,8 +70,11 @@ class ChunkShuffleSampler(Sampler[int]):
     rank, world_size
         Default: from ``torch.distributed`` when initialised, else 0 and 1.
     drop_last
-        Trim every rank to the same length (``len // world_size``); otherwise
-        ranks differ by at most one sample and every sample is served.
+        ``False`` (default, as ``DistributedSampler``): every rank serves
+        ``ceil(len / world_size)`` samples, the last rank repeating the last
+        few samples of the epoch's order (at most ``world_size - 1``).
+        ``True``: every rank serves ``len // world_size`` and the last few are
+        left out of the epoch. Either way ranks are equal, so DDP cannot hang.
     """
 
     def __init__(
@@ -75,10 +100,26 @@ class ChunkShuffleSampler(Sampler[int]):
         self.window_chunks = window_chunks
         self.drop_last = drop_last
         self.epoch = 0
+        self._history: list[Level] = []  # earlier levels of this epoch (resumed with other world sizes)
+        self._served = 0  # samples this rank has served in the live level
+        self._start = 0  # where the current (or pending) iteration began
+        self._pending = False  # load_state_dict was called: the next iteration resumes
+        self._epoch_window: int | None = None  # the window of a resumed epoch, from its checkpoint
 
     def set_epoch(self, epoch: int) -> None:
-        """Use the order of ``epoch`` for the next iteration."""
+        """Use the order of ``epoch`` for the next iteration.
+
+        A restored position belongs to its epoch: setting another epoch drops it.
+        """
+        if epoch != self.epoch:
+            self._history, self._served, self._start, self._pending, self._epoch_window = [], 0, 0, False, None
         self.epoch = epoch
+        self._tell_dataset()
+
+    def _tell_dataset(self) -> None:
+        hook = getattr(self.dataset, "set_epoch", None)
+        if callable(hook):
+            hook(self.epoch, seed=self.seed)
 
     @property
     def num_samples(self) -> int:
@@ -87,6 +128,8 @@ class ChunkShuffleSampler(Sampler[int]):
     @property
     def window(self) -> int:
         """Chunks per shuffle window."""
+        if self._epoch_window is not None:
+            return self._epoch_window
         chunks = math.ceil(self.num_samples / self.dataset.chunk_rows) or 1
         if self.window_chunks is not None:
             return self.window_chunks
@@ -96,40 +139,88 @@ class ChunkShuffleSampler(Sampler[int]):
         # Half the budget for the window being served, half for the one read ahead.
         return max(1, min(chunks, self.dataset.budget // (2 * per_chunk)))
 
-    def _bounds(self) -> tuple[int, int]:
-        n, w = self.num_samples, self.world_size
-        if self.drop_last:
-            per = n // w
-            return self.rank * per, (self.rank + 1) * per
-        return n * self.rank // w, n * (self.rank + 1) // w
-
     def __len__(self) -> int:
-        start, stop = self._bounds()
-        return stop - start
+        """Samples per rank in a whole epoch (equal on every rank)."""
+        n, w = self.num_samples, self.world_size
+        return n // w if self.drop_last else math.ceil(n / w)
 
-    def windows(self) -> list[np.ndarray]:
-        """The epoch's windows: arrays of chunk numbers, in serving order."""
-        rows = self.dataset.chunk_rows
-        chunks = np.arange(math.ceil(self.num_samples / rows))
-        if self.shuffle:
-            np.random.default_rng([self.seed, self.epoch, 0]).shuffle(chunks)
-        return [chunks[i : i + self.window] for i in range(0, len(chunks), self.window)]
+    def _order(self) -> EpochOrder:
+        return EpochOrder(self.num_samples, self.dataset.chunk_rows, self.window, self.shuffle, self.seed, self.epoch)
+
+    def windows(self) -> list[Any]:
+        """The epoch's windows: arrays of chunk numbers, in the order of the epoch."""
+        return self._order().windows
+
+    def _levels(self, served: int) -> list[Level]:
+        return [*self._history, (self.world_size, served, self.drop_last)]
+
+    def _rest(self) -> Ranges:
+        """Positions of the base order this rank still serves in the live level."""
+        levels = self._levels(self._served)
+        part = rank_part(pass_sequence(self.num_samples, levels), self.world_size, self.drop_last, self.rank)
+        return cut(part, self._served, total(part))
 
     def __iter__(self) -> Iterator[int]:
-        rows, n = self.dataset.chunk_rows, self.num_samples
-        rng = np.random.default_rng([self.seed, self.epoch, 1])
-        windows = self.windows()
-        start, stop = self._bounds()
-        position = 0
+        if not self._pending:
+            self._history, self._served = [], 0
+        self._pending, self._start = False, self._served
+        self._tell_dataset()
+        return self._serve(self._order(), self._rest())
+
+    def _serve(self, order: EpochOrder, rest: Ranges) -> Iterator[int]:
+        pieces = order.pieces(rest)
+        runs = [w for k, (w, _, _) in enumerate(pieces) if k == 0 or pieces[k - 1][0] != w]
         prefetch = getattr(self.dataset, "prefetch_chunks", None)
-        for w, window in enumerate(windows):
-            order = np.concatenate([np.arange(k * rows, min((k + 1) * rows, n)) for k in window])
-            if self.shuffle:
-                rng.shuffle(order)
-            lo, hi = max(start - position, 0), min(stop - position, len(order))
-            position += len(order)
-            if lo >= hi:
-                continue
-            if prefetch is not None and w + 1 < len(windows):
-                prefetch(windows[w + 1])
-            yield from order[lo:hi].tolist()
+        run, current = -1, None
+        for w, lo, hi in pieces:
+            if w != current:
+                run, current = run + 1, w
+                if prefetch is not None and run + 1 < len(runs):
+                    prefetch(order.windows[runs[run + 1]])
+            for index in order.samples(w)[lo:hi].tolist():
+                self._served += 1  # before the yield: after next() returns, the state counts this sample
+                yield index
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this epoch stands, as plain values (torchdata's Stateful protocol).
+
+        Taken while a loader iterates, it counts the samples handed to the
+        loader so far; a ``StatefulDataLoader`` takes it at the right moment
+        for each batch it yields. For a plain ``DataLoader`` use
+        :meth:`state_at`.
+        """
+        return make_state(self, self._levels(self._served))
+
+    def state_at(self, batches: int, batch_size: int) -> dict[str, Any]:
+        """The state after the training loop took ``batches`` batches of ``batch_size`` from this iteration.
+
+        For a plain ``DataLoader``, whose workers fetch ahead of the loop:
+        count the batches taken since the ``for`` loop over the loader began
+        and save ``sampler.state_at(count, batch_size)``; restore it with
+        :meth:`load_state_dict` before the next ``for`` loop.
+        """
+        if batches < 0 or batch_size < 1:
+            raise OptionsError(f"batches must be >= 0 and batch_size >= 1, not {batches} and {batch_size}")
+        per = equalised(pass_sequence(self.num_samples, self._levels(0)), self.world_size, self.drop_last)[1]
+        return make_state(self, self._levels(min(self._start + batches * batch_size, per)))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict` or :meth:`state_at` of any rank, or from a ``StatefulDataLoader``'s state.
+
+        The next iteration continues the saved epoch: at the next sample if
+        the world size is the same, else with what the epoch has not served
+        yet, split over the new ranks. The seed, ``shuffle`` and the store
+        must be the ones the state was saved with (:class:`ResumeStateError`
+        otherwise); the window of the saved epoch is kept for its rest.
+        """
+        saved = check_state(self, sampler_state(state))
+        levels: list[Level] = [(int(w), int(k), bool(d)) for w, k, d in saved["levels"]]
+        world, served, drop_last = levels[-1]
+        if (world, drop_last) == (self.world_size, self.drop_last):
+            self._history, self._served = levels[:-1], served
+        else:
+            self._history, self._served = levels, 0
+            log.info("tensorstore_ds: resuming epoch %d of %d ranks on %d", saved["epoch"], world, self.world_size)
+        self.epoch, self._epoch_window = int(saved["epoch"]), int(saved["window"])
+        self._start, self._pending = self._served, True
+        self._tell_dataset()

@@ -51,7 +51,9 @@ def run_demo(
     figures["ram"] = _train(store, memory_budget, epochs, batch_size, num_workers)
     paged_budget = max(1, manifest.arrays["images"].nbytes // 3)
     figures["paged"] = _train(store, paged_budget, 1, batch_size, num_workers)
-    print(f"store: {store}  (inspect it with: tensorstore-ds info {store})")
+    print(
+        f"store: {store}  (inspect it: tensorstore-ds info {store}; look at it: tensorstore-ds preview {store} -o sheet.png)"
+    )
     return figures
 
 

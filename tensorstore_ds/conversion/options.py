@@ -18,6 +18,7 @@ from ..errors import OptionsError
 from .decode.audio import RESAMPLERS, AudioOptions
 from .decode.image import RESIZE_MODES, ImageOptions
 from .fetch import FetchOptions
+from .hosts import Hosts
 
 ENGINES = ("dask",)
 ON_ERROR = ("skip", "fail")
@@ -87,8 +88,19 @@ class ConvertOptions:
     )
     split: str = _option("train", "split to load from a dataset name, folder, or data files")
     fetch_concurrency: int = _option(64, "concurrent URL downloads", parse=int)
-    timeout: float = _option(30.0, "seconds before a stalled download fails", parse=float)
-    retries: int = _option(3, "retries for 5xx, 429, timeouts and connection errors", parse=int)
+    timeout: float = _option(10.0, "seconds without data before a download attempt fails", parse=float)
+    retries: int = _option(2, "retries for 5xx, 429, timeouts and connection errors", parse=int)
+    deadline: float = _option(20.0, "seconds one URL may take in all: attempts, redirects, waits", parse=float)
+    per_host_concurrency: int | None = _option(
+        None, "concurrent downloads from one host at most (default: no cap beyond --fetch-concurrency)", parse=int
+    )
+    host_breaker: int = _option(
+        20, "timeouts or connection errors in a row that make a host's other URLs fail fast (0: never)", parse=int
+    )
+    lookahead: int = _option(
+        16384, "rows fetched and decoded ahead of the oldest unfinished one (staged on disk)", parse=int
+    )
+    retry_failed: bool = _option(False, "fetch again only the rows of a finished store that failed transiently")
     max_download_mb: float = _option(64.0, "largest accepted download, MiB", parse=float)
     allow_schemes: tuple[str, ...] = _option(
         ("http", "https"), "comma-separated URL schemes allowed (add file to read file:// URLs)", parse=comma_list
@@ -124,6 +136,11 @@ class ConvertOptions:
             raise OptionsError(f"workers must be >= 0, not {self.workers}")
         if self.chunk_mb <= 0 or self.fetch_concurrency < 1:
             raise OptionsError("chunk_mb must be > 0 and fetch_concurrency >= 1")
+        if self.lookahead < 1:
+            raise OptionsError(f"lookahead must be >= 1, not {self.lookahead}")
+        if self.retry_failed and self.overwrite:
+            raise OptionsError("retry_failed keeps a store's converted rows; it cannot be combined with overwrite")
+        self.hosts()
         # the decoders and the fetcher check the rest: fail here, before a store is started
         self.image_options()
         self.audio_options()
@@ -143,9 +160,14 @@ class ConvertOptions:
             connect_timeout=min(10.0, self.timeout),
             read_timeout=self.timeout,
             retries=self.retries,
+            deadline=self.deadline,
             max_bytes=int(self.max_download_mb * 2**20),
             allowed_schemes=tuple(self.allow_schemes),
         )
+
+    def hosts(self) -> Hosts:
+        """Per-host cap and circuit breaker for one conversion."""
+        return Hosts(self.per_host_concurrency, self.host_breaker)
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> ConvertOptions:

@@ -1,9 +1,32 @@
-"""The conversion pipeline: fetch in threads, decode in processes, results in order.
+"""The conversion pipeline: fetch and decode out of order, results in source order.
 
-URLs are fetched by a pool of threads (network-bound, so many more than
-cores); decoding runs in a pool of worker processes (CPU-bound, one per core)
-or inline when ``workers == 0``. Results come back strictly in submission
-order, so the store is the same whatever the number of workers.
+Rows move through four stages, each bounded:
+
+1. *read*: tasks are read from the source while fewer than ``lookahead``
+   tasks are in flight past the oldest unfinished one (the head);
+2. *fetch*: URL tasks are fetched by threads. ``fetch_threads`` fetches run at
+   once; a fetch running longer than :data:`SLOW_AFTER` seconds (a stalled
+   server) stops counting, so another may start, up to ``STALL_ROOM`` times
+   ``fetch_threads`` threads in all. A per-host cap (:class:`~.hosts.Hosts`)
+   parks a capped host's URLs while other hosts' URLs go ahead; a host whose
+   circuit is open fails its URLs at once, without a thread. New fetches wait
+   while ``fetch_threads`` fetched bodies are still undecoded, so bodies in
+   memory are bounded whatever the decode speed;
+3. *decode*: fetched bodies (and paths, bytes, arrays) are decoded by a pool
+   of worker processes, at most ``4 x workers`` at once, or inline in the
+   calling thread when ``workers == 0``. With a :class:`~.staging.Stage`, a
+   worker writes the decoded media row into its slot of the staging file and
+   returns only the small values, so the converting process neither
+   unpickles nor copies more than once;
+4. *yield*: results are yielded strictly in source order, so the store is the
+   same whatever the number of workers and whatever the timing. A stalled
+   URL holds up only its own row: the rows behind it are fetched and decoded
+   meanwhile, up to ``lookahead`` of them; rows wait for the head in the
+   staging file (on disk), not in memory.
+
+So a stalled URL costs throughput only when it is stalled longer than it takes
+to process ``lookahead`` rows: throughput under stalls is at least
+``lookahead / deadline`` rows per second.
 
 A decode process that dies (a decoder crashing on hostile bytes, the kernel's
 out-of-memory killer) breaks the whole process pool. The pool is replaced, and
@@ -18,7 +41,8 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-from collections import deque
+import time
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -27,6 +51,11 @@ from typing import Any
 
 from ..errors import DecoderStartError, SampleError
 from .fetch import Fetcher
+from .hosts import Hosts, host_of
+from .staging import Stage, decode_staged
+
+SLOW_AFTER = 2.0  # seconds after which a fetch counts as stalled and frees its concurrency slot
+STALL_ROOM = 4  # fetch threads at most, as a multiple of fetch_threads
 
 
 @dataclass(frozen=True)
@@ -40,10 +69,12 @@ class Task:
     key
         The row's media key (URL, path or column), for the failure record.
     kind
-        Media reference kind (``url``, ``path``, ``bytes``, ``array``), or
-        ``error`` for a row that failed before decoding.
+        Media reference kind (``url``, ``path``, ``bytes``, ``array``),
+        ``error`` for a row that failed before decoding, or ``done`` for a
+        row whose result is known.
     payload
-        The reference's value (the :class:`SampleError` for ``error``).
+        The reference's value (the :class:`SampleError` for ``error``, the
+        result values for ``done``).
     args
         Further positional arguments for the decode function after the payload.
     extra
@@ -61,8 +92,18 @@ class Task:
 Outcome = dict[str, Any] | SampleError
 
 
+class _Item:
+    """A task in flight: its sequence number, its result future, its payload while needed."""
+
+    __slots__ = ("future", "host", "payload", "seq", "task")
+
+    def __init__(self, seq: int, task: Task) -> None:
+        self.seq, self.task, self.payload, self.host = seq, task, task.payload, ""
+        self.future: Future[dict[str, Any]] = Future()
+
+
 class Pipeline:
-    """Ordered parallel fetch + decode.
+    """Ordered parallel fetch + decode with deep lookahead.
 
     Parameters
     ----------
@@ -73,10 +114,16 @@ class Pipeline:
     fetcher
         Fetches URL payloads; None when the source has no URLs.
     fetch_threads
-        Concurrent fetches.
+        Concurrent fetches (not counting stalled ones).
     canary
         A payload that must decode: after a decode process dies, a fresh one
         decodes it before the sample is blamed.
+    hosts
+        Per-host cap and circuit breaker shared with ``fetcher``.
+    lookahead
+        Tasks in flight at most past the head; ``stage.depth`` when staged.
+    stage
+        Where decoded media rows wait for their turn (None: in memory).
     """
 
     def __init__(
@@ -86,55 +133,248 @@ class Pipeline:
         fetcher: Fetcher | None = None,
         fetch_threads: int = 64,
         canary: Any = None,
+        hosts: Hosts | None = None,
+        lookahead: int = 1024,
+        stage: Stage | None = None,
     ) -> None:
         self.decode = decode
         self.workers = workers
         self.fetcher = fetcher
         self.fetch_threads = fetch_threads
         self.canary = canary
+        self.hosts = hosts if hosts is not None else Hosts(trip_after=0)
+        self.stage = stage
+        self.lookahead = stage.depth if stage is not None else max(8, lookahead)
+        self.decode_window = max(8, 4 * workers)
         self._procs: ProcessPoolExecutor | None = None
         self._solo: ProcessPoolExecutor | None = None  # decodes one sample at a time after a crash
         self._threads: ThreadPoolExecutor | None = None
+        self._view: Any = None
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._to_fetch: deque[_Item] = deque()
+        self._unparked: deque[_Item] = deque()
+        self._parked: dict[str, deque[_Item]] = {}
+        self._fetching: OrderedDict[int, float] = OrderedDict()  # seq -> start, oldest first
+        self._to_decode: deque[_Item] = deque()
+        self._decoding = 0
+        self._undecoded = 0
 
     def __enter__(self) -> Pipeline:
         if self.workers > 0:
             self._procs = _process_pool(self.workers)
+        if self.stage is not None:
+            self._view = self.stage.create()
         if self.fetcher is not None:
-            self._threads = ThreadPoolExecutor(self.fetch_threads, thread_name_prefix="tsds-fetch")
+            self._threads = ThreadPoolExecutor(STALL_ROOM * self.fetch_threads, thread_name_prefix="tsds-fetch")
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for pool in (self._threads, self._procs, self._solo):
+        if self._threads is not None:  # a stalled fetch ends by its deadline; do not wait for it
+            self._threads.shutdown(wait=exc[0] is None, cancel_futures=True)
+        for pool in (self._procs, self._solo):
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
         if self.fetcher is not None:
             self.fetcher.close()
+        if self.stage is not None:
+            self._view = None
+            self.stage.remove()
 
     @property
-    def window(self) -> int:
-        """Tasks in flight at most: enough to keep every fetch thread and worker busy."""
-        fetch = 2 * self.fetch_threads if self.fetcher is not None else 0
-        return max(8, 4 * self.workers, fetch)
+    def fetches_in_flight(self) -> int:
+        """URLs being fetched now (stalled ones included)."""
+        return len(self._fetching)
+
+    def offload(self, fn: Callable[..., Any], *args: Any) -> Future[Any] | None:
+        """Run ``fn(*args)`` in a decode process (None when there are none): work off the converting process."""
+        pool = self._procs
+        if pool is None:
+            return None
+        try:
+            return pool.submit(fn, *args)
+        except BrokenProcessPool:
+            return None
+
+    # --- the ordered loop ------------------------------------------------------
 
     def map(self, tasks: Iterable[Task]) -> Iterator[tuple[Task, Outcome]]:
         """Yield ``(task, values or SampleError)`` in the order of ``tasks``."""
-        window: deque[tuple[Task, Future[dict[str, Any]]]] = deque()
-        for task in tasks:
-            window.append((task, self._submit(task)))
-            while window and (len(window) >= self.window or window[0][1].done()):
-                head, future = window.popleft()
-                yield head, self._outcome(head, future)
-        while window:
-            head, future = window.popleft()
-            yield head, self._outcome(head, future)
+        source, window = iter(tasks), deque[_Item]()
+        seq, exhausted = 0, False
+        while True:
+            while not exhausted and len(window) < self.lookahead and self._room_to_read():
+                task = next(source, None)
+                if task is None:
+                    exhausted = True
+                    break
+                window.append(self._admit(_Item(seq, task)))
+                seq += 1
+            self._pump(inline=True)
+            if window and window[0].future.done():
+                head = window.popleft()
+                yield head.task, self._outcome(head)
+                continue
+            if not window and exhausted:
+                return
+            with self._wake:
+                if not (window and window[0].future.done()):
+                    self._wake.wait(0.25 if self._fetching else 2.0)
 
-    def _outcome(self, task: Task, future: Future[dict[str, Any]]) -> Outcome:
+    def _room_to_read(self) -> bool:
+        return len(self._to_decode) < self.decode_window and len(self._to_fetch) < 2 * self.fetch_threads
+
+    def _admit(self, item: _Item) -> _Item:
+        task = item.task
+        if task.kind == "error":
+            item.future.set_exception(task.payload)
+        elif task.kind == "done":  # known already (a row a retry keeps)
+            item.future.set_result(dict(task.payload))
+        elif task.kind == "url":
+            if self._threads is None or self.fetcher is None:
+                raise RuntimeError("a URL task needs a fetcher")
+            item.host = host_of(task.payload)
+            with self._lock:
+                self._to_fetch.append(item)
+        else:
+            with self._lock:
+                self._to_decode.append(item)
+                self._undecoded += 1
+        return item
+
+    # --- scheduling --------------------------------------------------------------
+
+    def _pump(self, inline: bool = False) -> None:
+        """Start the fetches and decodes that the limits allow (inline decodes only from map())."""
+        with self._lock:
+            starts = self._fetches_to_start()
+            decodes = self._decodes_to_start(inline)
+        for item in starts:
+            self._start_fetch(item)
+        for item in decodes:
+            self._start_decode(item)
+
+    def _fetches_to_start(self) -> list[_Item]:
+        starts: list[_Item] = []
+        cutoff = time.monotonic() - SLOW_AFTER
+        stalled = 0
+        for start in self._fetching.values():
+            if start > cutoff:
+                break
+            stalled += 1
+        while self._unparked or self._to_fetch:
+            running = len(self._fetching) + len(starts)
+            if running >= STALL_ROOM * self.fetch_threads or running - stalled >= self.fetch_threads:
+                break
+            if self._undecoded >= self.fetch_threads:  # bodies wait for the decoders: fetch no more
+                break
+            item = self._unparked.popleft() if self._unparked else self._to_fetch.popleft()
+            if self.hosts.is_open(item.task.payload):
+                self._unparked.extend(self._parked.pop(item.host, ()))
+                self._fail_circuit(item)
+            elif not self.hosts.try_acquire(item.host):
+                self._parked.setdefault(item.host, deque()).append(item)
+            else:
+                self._fetching[item.seq] = time.monotonic()
+                starts.append(item)
+        return starts
+
+    def _fail_circuit(self, item: _Item) -> None:
+        """Fail a URL of a host whose circuit is open, without a fetch (the lock is held)."""
         try:
-            return _outcome(future)
+            self.hosts.check(item.task.payload)
+        except SampleError as exc:
+            item.future.set_exception(exc)
+        self._wake.notify()
+
+    def _decodes_to_start(self, inline: bool) -> list[_Item]:
+        if self.workers == 0 and not inline:
+            return []
+        decodes = []
+        while self._to_decode and self._decoding < self.decode_window:
+            decodes.append(self._to_decode.popleft())
+            self._decoding += 1
+        return decodes
+
+    def _start_fetch(self, item: _Item) -> None:
+        assert self._threads is not None
+        self._threads.submit(self._fetch, item)
+
+    def _fetch(self, item: _Item) -> None:
+        """In a fetch thread: download, then hand the body to the decoders."""
+        assert self.fetcher is not None
+        error: BaseException | None = None
+        try:
+            item.payload = self.fetcher.fetch(item.task.payload)
+        except BaseException as exc:  # handed to map(), which raises anything but a SampleError
+            error = exc
+        if error is not None:
+            item.future.set_exception(error)
+        with self._wake:
+            del self._fetching[item.seq]
+            self.hosts.release(item.host)
+            parked = self._parked.get(item.host)
+            if parked:
+                self._unparked.append(parked.popleft())
+            if error is None:
+                self._to_decode.append(item)
+                self._undecoded += 1
+            self._wake.notify()
+        self._pump()
+
+    def _start_decode(self, item: _Item) -> None:
+        pool = self._procs
+        future = self._submit_decode(pool, item)
+        future.add_done_callback(lambda f: self._decoded(item, f, pool))
+
+    def _submit_decode(self, pool: ProcessPoolExecutor | None, item: _Item) -> Future[dict[str, Any]]:
+        args = (item.payload, *item.task.args)
+        if pool is None:
+            done: Future[dict[str, Any]] = Future()
+            try:
+                if self.stage is not None:
+                    done.set_result(decode_staged(self.stage, item.seq % self.stage.depth, self.decode, *args))
+                else:
+                    done.set_result(self.decode(*args))
+            except SampleError as exc:
+                done.set_exception(exc)
+            return done
+        try:
+            if self.stage is not None:
+                return pool.submit(decode_staged, self.stage, item.seq % self.stage.depth, self.decode, *args)
+            return pool.submit(self.decode, *args)
+        except BrokenProcessPool as exc:  # broken since the last result: map() decodes it alone
+            failed: Future[dict[str, Any]] = Future()
+            failed.set_exception(exc)
+            return failed
+
+    def _decoded(self, item: _Item, future: Future[dict[str, Any]], pool: ProcessPoolExecutor | None) -> None:
+        if not isinstance(future.exception(), BrokenProcessPool):
+            item.payload = None  # the body is no longer needed: memory stays bounded
+        _copy(future, item.future, pool)
+        with self._wake:
+            self._decoding -= 1
+            self._undecoded -= 1
+            self._wake.notify()
+
+    # --- results -----------------------------------------------------------------
+
+    def _outcome(self, item: _Item) -> Outcome:
+        try:
+            values = item.future.result()
+        except SampleError as exc:
+            return exc
         except BrokenProcessPool:
-            self._replace(getattr(future, "pool", None))
-            return self._alone(task, getattr(future, "payload", task.payload))
+            self._replace(getattr(item.future, "pool", None))
+            outcome = self._alone(item)
+            return outcome if isinstance(outcome, SampleError) else self._unstage(item, outcome)
+        return self._unstage(item, values)
+
+    def _unstage(self, item: _Item, values: dict[str, Any]) -> dict[str, Any]:
+        """Put the staged media row (a view of its slot, valid until the next result) into ``values``."""
+        if self.stage is not None:
+            values[self.stage.field] = self._view[item.seq % self.stage.depth]
+        return values
 
     def _replace(self, broken: ProcessPoolExecutor | None) -> None:
         """Swap in a new pool for the broken one (once, however many of its futures report it)."""
@@ -143,18 +383,18 @@ class Pipeline:
                 self._procs = _process_pool(self.workers)
                 broken.shutdown(wait=False, cancel_futures=True)
 
-    def _alone(self, task: Task, payload: Any) -> Outcome:
+    def _alone(self, item: _Item) -> Outcome:
         """Decode one sample in a pool of its own: a sample that kills its decoder fails alone."""
         if self._solo is None:
             self._solo = _process_pool(1)
         try:
-            return self._solo.submit(self.decode, payload, *task.args).result()
+            return self._submit_decode(self._solo, item).result()
         except SampleError as exc:
             return exc
         except BrokenProcessPool:
             self._solo.shutdown(wait=False, cancel_futures=True)
             self._solo = None
-            self._check_decoders_run(task)
+            self._check_decoders_run(item.task)
             return SampleError(
                 "decoder-crashed",
                 "the decoding process died on this sample (a decoder crash or "
@@ -178,65 +418,13 @@ class Pipeline:
         finally:
             probe.shutdown(wait=False, cancel_futures=True)
 
-    def _submit(self, task: Task) -> Future[dict[str, Any]]:
-        if task.kind == "error":
-            failed: Future[dict[str, Any]] = Future()
-            failed.set_exception(task.payload)
-            return failed
-        if task.kind != "url":
-            return self._decode(task, task.payload)
-        if self._threads is None or self.fetcher is None:
-            raise RuntimeError("a URL task needs a fetcher")
-        outer: Future[dict[str, Any]] = Future()
-        fetched = self._threads.submit(self.fetcher.fetch, task.payload)
-        fetched.add_done_callback(lambda f: self._after_fetch(task, f, outer))
-        return outer
-
-    def _after_fetch(self, task: Task, fetched: Future[bytes], outer: Future[dict[str, Any]]) -> None:
-        error = fetched.exception()
-        if error is not None:
-            outer.set_exception(error)
-            return
-        try:
-            decoded = self._decode(task, fetched.result())
-        except BaseException as exc:  # raised in a fetch thread: hand it to map(), which waits on outer
-            outer.set_exception(exc)
-            return
-        outer.payload, outer.pool = fetched.result(), getattr(decoded, "pool", None)  # type: ignore[attr-defined]
-        _chain(decoded, outer)
-
-    def _decode(self, task: Task, payload: Any) -> Future[dict[str, Any]]:
-        pool = self._procs
-        if pool is not None:
-            try:
-                submitted = pool.submit(self.decode, payload, *task.args)
-            except BrokenProcessPool as exc:  # broken since the last result: map() decodes it alone
-                submitted = Future()
-                submitted.set_exception(exc)
-            submitted.payload, submitted.pool = payload, pool  # type: ignore[attr-defined]
-            return submitted
-        future: Future[dict[str, Any]] = Future()
-        try:
-            future.set_result(self.decode(payload, *task.args))
-        except SampleError as exc:
-            future.set_exception(exc)
-        return future
-
 
 def _process_pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
 
-def _chain(source: Future[dict[str, Any]], target: Future[dict[str, Any]]) -> None:
-    def copy(f: Future[dict[str, Any]]) -> None:
-        error = f.exception()
-        target.set_exception(error) if error is not None else target.set_result(f.result())
-
-    source.add_done_callback(copy)
-
-
-def _outcome(future: Future[dict[str, Any]]) -> Outcome:
-    try:
-        return future.result()
-    except SampleError as exc:
-        return exc
+def _copy(source: Future[dict[str, Any]], target: Future[dict[str, Any]], pool: Any) -> None:
+    """Give ``target`` the outcome of ``source``, noting the pool that decoded it."""
+    target.pool = pool  # type: ignore[attr-defined]
+    error = source.exception()
+    target.set_exception(error) if error is not None else target.set_result(source.result())

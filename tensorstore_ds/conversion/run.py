@@ -1,31 +1,41 @@
 """One conversion: the rows of a source (or of one shard of it) into one store.
 
 Rows are opened by ``sources``, described by ``columns``, fetched and decoded by
-the ``pipeline`` in source order, and committed by the ``writer``; a failed
-sample is recorded, never replaced.
+the ``pipeline`` (out of order, results in source order), and committed by the
+``writer``; a failed sample is recorded, never replaced. With
+``retry_failed`` the rows of a finished store that failed transiently are
+fetched again and the store is rebuilt around them (see ``retry``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import time
+from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import OptionsError, SampleError, SampleFailedError
 from ..format.layout import chunk_rows_for
-from ..format.manifest import Manifest
+from ..format.manifest import MANIFEST, Manifest
 from ..options import progress_disabled
 from .columns import ColumnPlan, captions_of, cast_media_features, clip_of, kept_of, media_of, plan_columns
 from .decode import decode_sample
 from .fetch import Fetcher
+from .hosts import CIRCUIT_OPEN
 from .options import ConvertOptions
 from .pipeline import Pipeline, Task
+from .retry import Previous, retry_root, swap_in
 from .shards import shard_ranges
 from .sources import Source, open_source
+from .staging import Stage
 from .writer import Column, Plan, StoreWriter
+
+PROGRESS_EVERY = 0.5  # seconds between updates of the progress bar's counts
 
 
 def convert_rows(
@@ -48,6 +58,8 @@ def convert_rows(
     plan = _plan(opts, columns, src)
     if shard is not None:
         src, plan = _shard_of(src, plan, opts, shard)
+    if opts.retry_failed:
+        return _retry(src, columns, plan, Path(out), opts, shard)
     writer = StoreWriter.open(out, plan, overwrite=opts.overwrite)
     try:
         if not writer.finished:
@@ -55,6 +67,30 @@ def convert_rows(
         return writer.finish({"rows_read": writer.next_row}, progress=opts.progress)
     finally:
         writer.close()
+
+
+def _retry(
+    src: Source, columns: ColumnPlan, plan: Plan, out: Path, opts: ConvertOptions, shard: tuple[int, int] | None
+) -> Manifest:
+    """Rebuild the finished store at ``out`` with its transiently failed rows fetched again."""
+    if shard is not None or opts.engine is not None:
+        raise OptionsError("retry_failed works on a whole store: run it without --shard or --engine")
+    if (retry_root(out) / MANIFEST).exists():  # a crash hit while the rebuilt store was moved in
+        return swap_in(out)
+    previous = Previous(out, plan.options, plan.source)
+    try:
+        if not previous.retried:
+            return previous.store.manifest
+        writer = StoreWriter.open(retry_root(out), plan)
+        try:
+            if not writer.finished:
+                _run(src, columns, opts, writer, previous)
+            writer.finish({"rows_read": writer.next_row}, progress=opts.progress)
+        finally:
+            writer.close()
+    finally:
+        previous.close()
+    return swap_in(out)
 
 
 def _shard_of(src: Source, plan: Plan, opts: ConvertOptions, shard: tuple[int, int]) -> tuple[Source, Plan]:
@@ -90,13 +126,18 @@ def _plan(opts: ConvertOptions, columns: ColumnPlan, src: Source) -> Plan:
     )
 
 
-def _run(src: Source, columns: ColumnPlan, opts: ConvertOptions, writer: StoreWriter) -> None:
+def _run(
+    src: Source, columns: ColumnPlan, opts: ConvertOptions, writer: StoreWriter, previous: Previous | None = None
+) -> None:
     from tqdm.auto import tqdm
 
     stop = opts.limit
     total = src.num_rows if stop is None else (min(stop, src.num_rows) if src.num_rows is not None else stop)
     workers = (os.cpu_count() or 1) if opts.workers is None else opts.workers
-    fetcher = Fetcher(opts.fetch_options(), concurrency=opts.fetch_concurrency)
+    hosts = opts.hosts()
+    fetcher = Fetcher(opts.fetch_options(), concurrency=opts.fetch_concurrency, hosts=hosts)
+    media = writer.plan.columns[0]
+    stage = Stage(str(writer.work / "staging"), opts.lookahead, media.name, media.row_shape, media.dtype)
     bar = tqdm(
         total=total,
         initial=writer.next_row,
@@ -105,11 +146,18 @@ def _run(src: Source, columns: ColumnPlan, opts: ConvertOptions, writer: StoreWr
         desc=f"converting {src.spec}"[:60],
         dynamic_ncols=True,
     )
-    with bar, Pipeline(decode_sample, workers, fetcher, opts.fetch_concurrency, _canary(columns.media)) as pipe:
-        for task, outcome in pipe.map(_tasks(src, columns, opts, writer)):
-            _record(writer, task, outcome, opts)
+    pipe = Pipeline(decode_sample, workers, fetcher, opts.fetch_concurrency, _canary(columns.media), hosts, stage=stage)
+    failed: Counter[str] = Counter()
+    shown = time.monotonic()
+    with bar, pipe:
+        writer.offload = pipe.offload
+        for task, outcome in pipe.map(_tasks(src, columns, opts, writer, previous)):
+            _record(writer, task, outcome, opts, previous, failed)
             bar.update(1)
-            bar.set_postfix(failed=writer.failed, refresh=False)
+            if time.monotonic() - shown > PROGRESS_EVERY:
+                shown = time.monotonic()
+                bar.set_postfix(ok=writer.converted, **failed, fetching=pipe.fetches_in_flight, refresh=False)
+        writer.offload = None
 
 
 def _canary(media: str) -> bytes:
@@ -128,9 +176,16 @@ def _canary(media: str) -> bytes:
     return buf.getvalue()
 
 
-def _tasks(src: Source, columns: ColumnPlan, opts: ConvertOptions, writer: StoreWriter) -> Iterator[Task]:
+def _tasks(
+    src: Source, columns: ColumnPlan, opts: ConvertOptions, writer: StoreWriter, previous: Previous | None
+) -> Iterator[Task]:
     image, audio = opts.image_options(), opts.audio_options()
     for row, values in src.rows(writer.next_row, opts.limit):
+        before = previous.outcome(row) if previous is not None else None
+        if before is not None and before[0] == "failed":
+            key, error = before[1]
+            yield Task(row, key, "error", error, (), None)
+            continue
         key = "?"
         try:
             ref = media_of(values, columns, src.base_dir)
@@ -141,14 +196,41 @@ def _tasks(src: Source, columns: ColumnPlan, opts: ConvertOptions, writer: Store
             yield Task(row, key, "error", exc, (), None)
             continue
         text["caption"] = text["captions"][0]
+        if before is not None:  # kept: its values come from the store, by index
+            yield Task(row, key, "done", {KEPT: before[1]}, (), text)
+            continue
         yield Task(row, key, ref.kind, ref.value, (columns.media, clip, image, audio), text)
 
 
-def _record(writer: StoreWriter, task: Task, outcome: Any, opts: ConvertOptions) -> None:
+KEPT = "kept-index"
+
+
+def _record(
+    writer: StoreWriter,
+    task: Task,
+    outcome: Any,
+    opts: ConvertOptions,
+    previous: Previous | None,
+    failed: Counter[str],
+) -> None:
     if isinstance(outcome, SampleError):
         if opts.on_error == "fail":
             raise SampleFailedError(task.row, task.key, outcome)
         writer.add_failure(task.row, task.key, outcome.reason, outcome.detail)
+        failed[failure_class(outcome.reason)] += 1
         return
+    if KEPT in outcome and previous is not None:
+        outcome = previous.values(outcome[KEPT])
     values = dict(outcome, source_row=task.row)
     writer.add(task.row, values, task.extra)
+
+
+def failure_class(reason: str) -> str:
+    """The progress bar's group for a failure reason."""
+    if reason.startswith("http-"):
+        return "http"
+    if reason == CIRCUIT_OPEN:
+        return "host_open"
+    if reason in ("timeout", "connection-error"):
+        return reason.replace("connection-error", "conn_err")
+    return "bad_media"

@@ -28,8 +28,11 @@ Response = urllib3.BaseHTTPResponse
 class Timeouts(Protocol):
     """The timeouts an error message names (a FetchOptions)."""
 
-    connect_timeout: float
-    read_timeout: float
+    @property
+    def connect_timeout(self) -> float: ...
+
+    @property
+    def read_timeout(self) -> float: ...
 
 
 class Retry(Exception):

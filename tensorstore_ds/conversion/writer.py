@@ -8,6 +8,13 @@ source row after the last committed chunk, so the finished store is identical
 to an uninterrupted run. ``finish`` compacts the parts into the small arrays,
 the caption index and ``failures.jsonl``, then writes the manifest last.
 
+Checksums: when the conversion has decode processes, each committed chunk
+file is hashed by one of them (:attr:`StoreWriter.offload`), not by the
+converting process; a digest that has arrived is kept in the next part file
+(``files``), so it survives a crash. ``finish`` waits for the digests still
+on their way and hashes only the files it has no digest for (small arrays,
+the caption index, chunks whose digest a crash lost).
+
 An operating-system error while writing (a full disk, a quota, an I/O error)
 raises :class:`~tensorstore_ds.errors.StoreWriteError`, which keeps ``errno``
 and says how many samples are committed; the rerun resumes from there.
@@ -19,7 +26,8 @@ import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import OptionsMismatchError, StoreError, StoreLockedError, StoreWriteError
-from ..format.hashing import checksum_files, store_files
+from ..format.hashing import ALGORITHM, checksum_files, hash_file, store_files
 from ..format.layout import (
     TEMP_FILE,
     ArraySpec,
@@ -117,6 +125,8 @@ class StoreWriter:
         self.committed = 0  # samples in committed chunks
         self._buffers = {c.name: np.empty((plan.chunk_rows, *c.row_shape), c.dtype) for c in plan.columns if c.media}
         self._part: dict[str, Any] = self._empty_part()
+        self.offload: Callable[..., Future[Any] | None] | None = None  # runs a function in another process
+        self._hashing: dict[str, Future[Any]] = {}  # chunk file -> its (size, digest), on the way
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -223,8 +233,8 @@ class StoreWriter:
     # --- samples -------------------------------------------------------------
 
     def _empty_part(self) -> dict[str, Any]:
-        small = {c.name: [] for c in self.plan.columns if not c.media}
-        return {"small": small, "text": {t: [] for t in self.plan.text}, "failures": []}
+        small: dict[str, list[Any]] = {c.name: [] for c in self.plan.columns if not c.media}
+        return {"small": small, "text": {t: [] for t in self.plan.text}, "failures": [], "files": {}}
 
     def add(self, row: int, values: dict[str, Any], text: dict[str, Any]) -> None:
         """Append one converted sample from source ``row``."""
@@ -255,10 +265,32 @@ class StoreWriter:
             if column.media and rows:  # a part of failures only has no media chunk
                 spec = ArraySpec(column.name, (rows, *column.row_shape), column.dtype, self.plan.chunk_rows)
                 write_chunk(self.root, spec, self.chunks, self._buffers[column.name][:rows], fsync=True)
+                self._hash_elsewhere(spec.chunk_key(self.chunks))
+        self._part["files"] = self._digests_arrived()
         write_json_atomic(self.work / "parts" / f"{self.chunks:08d}.json", self._part)
         self.chunks += 1
         self._part = self._empty_part()
         self._write_state()
+
+    def _hash_elsewhere(self, name: str) -> None:
+        """Have another process hash chunk file ``name`` (when there is one)."""
+        future = self.offload(hash_file, self.root / name) if self.offload is not None else None
+        if future is not None:
+            self._hashing[name] = future
+
+    def _digests_arrived(self, wait: bool = False) -> dict[str, dict[str, Any]]:
+        """Take the digests computed elsewhere that have arrived (all of them with ``wait``)."""
+        arrived: dict[str, dict[str, Any]] = {}
+        for name, future in list(self._hashing.items()):
+            if not (wait or future.done()):
+                continue
+            del self._hashing[name]
+            try:
+                size, digest = future.result()
+            except Exception:  # the hashing process died: finish hashes the file itself
+                continue
+            arrived[name] = {"size": size, ALGORITHM: digest}
+        return arrived
 
     def _write_state(self) -> None:
         state = {
@@ -299,7 +331,7 @@ class StoreWriter:
         tail = self.converted - self.chunks * self.plan.chunk_rows
         if tail > 0 or self._part["failures"]:
             self._commit(max(tail, 0))
-        arrays, failures_by_reason = self._compact()
+        arrays, failures_by_reason, known = self._compact()
         manifest = Manifest(
             num_samples=self.converted,
             arrays=arrays,
@@ -314,7 +346,10 @@ class StoreWriter:
             },
         )
         self._remove_temp_files()
-        manifest.files = checksum_files(self.root, store_files(self.root), progress=progress)
+        known.update(self._digests_arrived(wait=True))
+        names = store_files(self.root)
+        hashed = checksum_files(self.root, [n for n in names if n not in known], progress=progress)
+        manifest.files = {n: known[n] if n in known else hashed[n] for n in names}
         manifest.write(self.root)
         self._remove_work()
         self.finished = True
@@ -333,11 +368,12 @@ class StoreWriter:
         self.close()
         shutil.rmtree(self.work, ignore_errors=True)
 
-    def _compact(self) -> tuple[dict[str, ArraySpec], dict[str, int]]:
+    def _compact(self) -> tuple[dict[str, ArraySpec], dict[str, int], dict[str, dict[str, Any]]]:
         n, plan = self.converted, self.plan
         small: dict[str, list[Any]] = {c.name: [] for c in plan.columns if not c.media}
         texts = {name: TextColumnWriter(self.root, name, enc) for name, enc in plan.text.items()}
         by_reason: dict[str, int] = {}
+        known: dict[str, dict[str, Any]] = {}
         with open(self.root / f".{FAILURES}.tmp", "w", encoding="utf-8") as failures:
             for k in range(self.chunks):
                 part = _read_json(self.work / "parts" / f"{k:08d}.json", "part file")
@@ -345,6 +381,7 @@ class StoreWriter:
                     values.extend(part["small"][name])
                 for name, writer in texts.items():
                     writer.extend(part["text"][name])
+                known.update(part.get("files", {}))
                 for record in part["failures"]:
                     failures.write(json.dumps(record, ensure_ascii=False) + "\n")
                     by_reason[record["reason"]] = by_reason.get(record["reason"], 0) + 1
@@ -362,7 +399,7 @@ class StoreWriter:
             total = writer.finish()
             for spec in text_specs(name, n, total):
                 arrays[spec.name] = spec
-        return arrays, dict(sorted(by_reason.items()))
+        return arrays, dict(sorted(by_reason.items())), known
 
 
 def _read_json(path: Path, what: str) -> Any:

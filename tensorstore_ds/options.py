@@ -7,24 +7,85 @@ it is found.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 from .errors import OptionsError
 from .units import _SIZE, _UNITS
 
+_SIZE_HINT = "use a whole number of bytes or e.g. '8GiB', '8Gi', '8GB', '500MB'"
+
+
+def plain_number(text: str) -> int | float | None:
+    """The number a string spells with no unit (``"8000"`` -> 8000, ``"0.5"`` -> 0.5), else ``None``.
+
+    Digits only are an ``int``; anything else Python's ``float`` reads (``"1e9"``,
+    ``"-2.5"``, ``"nan"``, ``"inf"``) is a ``float``; text with a unit is ``None``.
+    """
+    text = text.strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
 
 def parse_size(value: int | float | str) -> int:
-    """Bytes from an int, or a string such as ``"8GiB"``, ``"500 MB"``, ``"1e9"``."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value < 0:
-            raise OptionsError(f"a size cannot be negative: {value}")
-        return int(value)
-    match = _SIZE.match(str(value))
+    """Bytes from a number or a size string.
+
+    Parameters
+    ----------
+    value
+        A number of bytes (an ``int``, or a ``float`` rounded down), or a
+        string: a plain number (read as that number, see :func:`plain_number`)
+        or a number with a unit. Units are case-insensitive: ``B``; decimal
+        ``k``/``kB``, ``M``/``MB``, ``G``/``GB``, ``T``/``TB`` (powers of
+        1000); binary ``Ki``/``KiB``, ``Mi``/``MiB``, ``Gi``/``GiB``,
+        ``Ti``/``TiB`` (powers of 1024). ``"8Gi"``, ``"8 GiB"`` and ``"1e9"``
+        all work.
+
+    Returns
+    -------
+    int
+        At least 1.
+
+    Raises
+    ------
+    OptionsError
+        For text that is no size, and for nonsense that names its value: zero,
+        less than one byte, negative, NaN or infinite.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise OptionsError(f"cannot read {value!r} as a size; {_SIZE_HINT}")
+    number = plain_number(value) if isinstance(value, str) else value
+    if number is None:
+        return _size_with_unit(str(value))
+    if isinstance(number, float) and not math.isfinite(number):
+        raise OptionsError(f"a size must be a finite number, got {value!r}; {_SIZE_HINT}")
+    if number < 0:
+        raise OptionsError(f"a size cannot be negative, got {value!r}; {_SIZE_HINT}")
+    if number < 1:
+        raise OptionsError(f"a size must be at least 1 byte, got {value!r}; {_SIZE_HINT}")
+    return int(number)
+
+
+def _size_with_unit(text: str) -> int:
+    """Bytes from text such as ``"8GiB"``; see :func:`parse_size`."""
+    stripped = text.strip()
+    if stripped.startswith("-"):
+        raise OptionsError(f"a size cannot be negative, got {text!r}; {_SIZE_HINT}")
+    match = _SIZE.match(stripped)
     unit = match.group(2).lower() if match else None
     if not match or unit not in _UNITS:
-        raise OptionsError(f"cannot read {value!r} as a size; use bytes or e.g. '8GiB', '500MB'")
-    return int(float(match.group(1)) * _UNITS[unit])
+        raise OptionsError(f"cannot read {text!r} as a size; {_SIZE_HINT}")
+    size = float(match.group(1)) * _UNITS[unit]
+    if not math.isfinite(size) or size < 1:
+        raise OptionsError(f"a size must be a finite number of at least 1 byte, got {text!r}; {_SIZE_HINT}")
+    return int(size)
 
 
 def progress_disabled(progress: bool | None) -> bool | None:

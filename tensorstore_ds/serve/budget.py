@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..options import parse_size
+from ..options import parse_size, plain_number
 
 AUTO_FRACTION = 0.5
 
@@ -60,11 +60,32 @@ def _cgroup_dirs() -> list[Path]:
 def resolve_budget(budget: int | float | str) -> int:
     """Bytes for a ``memory_budget`` argument.
 
-    ``"auto"`` is half of the available memory; a float in (0, 1] is that
-    fraction of the available memory; anything else goes to :func:`parse_size`.
+    The rule, for numbers and for the strings a command line passes alike:
+
+    - ``"auto"``: half of the available memory (:func:`available_memory`);
+    - a ``float`` in (0, 1]: that fraction of the available memory
+      (``0.5``, ``1.0``);
+    - an ``int``, or a ``float`` above 1: that many bytes (``8_000_000_000``,
+      ``3e9``);
+    - a string holding a plain number is that number, so the same rule applies:
+      ``"0.5"`` is half of the available memory, ``"1e9"`` and
+      ``"8000000000"`` are bytes (an integer string is always bytes: ``"1"`` is
+      one byte, ``"1.0"`` all the available memory);
+    - a string with a unit is a size: ``"8GiB"``, ``"8Gi"``, ``"8GB"``,
+      ``"500 MB"`` (see :func:`~tensorstore_ds.options.parse_size`).
+
+    Raises
+    ------
+    OptionsError
+        For anything else, naming the value: zero, negative numbers, NaN,
+        infinity, booleans and text that is no size.
     """
-    if budget == "auto":
-        return int(available_memory() * AUTO_FRACTION)
-    if isinstance(budget, float) and 0 < budget <= 1:
-        return int(available_memory() * budget)
+    if isinstance(budget, str):
+        if budget.strip().lower() == "auto":
+            return max(1, int(available_memory() * AUTO_FRACTION))
+        number = plain_number(budget)
+    else:
+        number = budget
+    if isinstance(number, float) and 0 < number <= 1:
+        return max(1, int(available_memory() * number))
     return parse_size(budget)

@@ -320,11 +320,14 @@ class TestServer:
     ----------
     delay
         Seconds every request waits before being answered (settable later).
+    host
+        The loopback address to listen on: ``127.0.0.1`` to ``127.0.0.16``
+        are all loopback on Linux, so one test can play several hosts.
 
     Attributes
     ----------
     url
-        ``"http://127.0.0.1:PORT"``, without a trailing slash.
+        ``"http://HOST:PORT"``, without a trailing slash.
     hits
         Requests received per path (a Counter: unknown paths give 0).
     requests
@@ -335,7 +338,7 @@ class TestServer:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, host: str = "127.0.0.1") -> None:
         self.delay = delay
         self.hits: Counter[str] = Counter()
         self.requests: list[Request] = []
@@ -345,10 +348,10 @@ class TestServer:
         self._routes: dict[str, Handler] = {}
         self._prefixes: list[tuple[str, Handler]] = []
         self._sockets: set[socket.socket] = set()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server = _Server((host, 0), _Handler)
         self._server.owner = self
         self.port: int = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},

@@ -138,17 +138,7 @@ class SourceError(TensorStoreDSError, ValueError):
 
 
 class SplitNotFoundError(SourceError):
-    """The source has no split of the name asked for.
-
-    Parameters
-    ----------
-    source
-        The source as the user named it.
-    split
-        The split asked for.
-    available
-        The splits the source has.
-    """
+    """The source has no split ``split``; it has ``available`` (``source`` as the user named it)."""
 
     def __init__(self, source: str, split: str, available: list[str]) -> None:
         self.source = source
@@ -158,26 +148,16 @@ class SplitNotFoundError(SourceError):
 
 
 class MediaFilesMissingError(SourceError):
-    """Rows of a folder's metadata name media files that do not exist.
-
-    Parameters
-    ----------
-    metadata
-        The metadata file.
-    missing
-        The missing file names, as the metadata writes them (the first few).
-    count
-        How many rows name a missing file.
-    """
+    """``count`` rows of a folder's ``metadata`` file name media files that do not exist (``missing``: a few)."""
 
     def __init__(self, metadata: str, missing: list[str], count: int) -> None:
         self.metadata = metadata
         self.missing = list(missing)
         self.count = count
-        names = ", ".join(map(repr, self.missing))
+        names = ", ".join(map(repr, self.missing)) + (", ..." if count > len(self.missing) else "")
         super().__init__(
-            f"{metadata}: {count} row(s) name media files that do not exist ({names}"
-            f"{', ...' if count > len(self.missing) else ''}); fix their file_name or remove those rows"
+            f"{metadata}: {count} row(s) name media files that do not exist ({names}); "
+            "fix their file_name or remove those rows"
         )
 
 

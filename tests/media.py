@@ -102,3 +102,25 @@ def isolate_hf_cache(monkeypatch: Any, tmp_path: Path) -> Path:
     monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return cache
+
+
+def write_table(path: Path, rows: dict[str, list[Any]]) -> Path:
+    """Write ``rows`` (columns of equal length) as Parquet, JSON Lines or CSV, chosen by the suffix."""
+    import csv
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        pq.write_table(pa.table(rows), path)
+    elif path.suffix == ".jsonl":
+        keys = list(rows)
+        path.write_text("".join(json.dumps(dict(zip(keys, vals))) + "\n" for vals in zip(*rows.values())))
+    else:
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(list(rows))
+            writer.writerows(zip(*rows.values()))
+    return path

@@ -18,12 +18,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import ColumnNotFoundError, OptionsError, SampleError
-from .sources import Source
+from .sourcebase import ROW_ERROR, Source
 
-IMAGE_NAMES = ("image", "image_url", "img", "url", "jpg", "png")
-AUDIO_NAMES = ("audio", "audio_path", "wav", "flac", "mp3")
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-AUDIO_EXTS = {".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif"}
+IMAGE_NAMES = ("image", "image_url", "img", "url", "jpg", "jpeg", "png", "webp")
+AUDIO_NAMES = ("audio", "audio_path", "wav", "flac", "mp3", "ogg")
 KEPT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # one segment of format.manifest.check_name
 
 
@@ -82,7 +80,7 @@ def plan_columns(
     if audio_template and not audio_dir:
         raise OptionsError("audio_template needs audio_dir")
     media, column = _media_role(source, image_column, audio_column, audio_template)
-    named = [("caption", caption_column)] + [("kept", k) for k in keep_columns]
+    named: list[tuple[str, str | None]] = [("caption", caption_column), *(("kept", k) for k in keep_columns)]
     named += [("clip start", clip_start_column), ("clip end", clip_end_column)]
     if column:
         named.append((media, column))
@@ -98,9 +96,9 @@ def plan_columns(
                 "own name, which must be unique, not 'caption' or 'captions', and made of "
                 "letters, digits, '_', '.' and '-'"
             )
-    feature = (source.dataset.features or {}).get(caption_column)
+    feature = source.features.get(caption_column)
     multi = type(feature).__name__ in ("Sequence", "List", "LargeList")
-    dtype = _array_dtype((source.dataset.features or {}).get(column or ""))
+    dtype = _array_dtype(source.features.get(column or ""))
     return ColumnPlan(
         media,
         column,
@@ -137,8 +135,7 @@ def _media_role(
         return "image", image_column
     if audio_column or audio_template:
         return "audio", audio_column
-    features = source.dataset.features or {}
-    for name, feature in features.items():
+    for name, feature in source.features.items():
         kind = type(feature).__name__
         if kind in ("Image", "Audio"):
             return kind.lower(), name
@@ -146,9 +143,6 @@ def _media_role(
         for name in names:
             if name in source.columns:
                 return media, name
-    if "file_name" in source.columns and source.kind == "folder":
-        first = next(iter(source.rows(0, 1)), (0, {}))[1].get("file_name") or ""
-        return ("audio" if Path(first).suffix.lower() in AUDIO_EXTS else "image"), "file_name"
     raise OptionsError(
         f"cannot tell which column holds the media; columns: {source.columns}; give image_column= or audio_column="
     )
@@ -162,42 +156,38 @@ def _template_fields(template: str | None) -> list[str]:
 
 def cast_media_features(source: Source, plan: ColumnPlan) -> Source:
     """Turn off ``datasets``' own decoding of Image/Audio columns (we decode the bytes)."""
-    import datasets
-
-    feature = (source.dataset.features or {}).get(plan.media_column or "")
-    kind = type(feature).__name__
-    if kind not in ("Image", "Audio") or not getattr(feature, "decode", False):
-        return source
-    cast = datasets.Image(decode=False) if kind == "Image" else datasets.Audio(decode=False)
-    dataset = source.dataset.cast_column(plan.media_column, cast)
-    return Source(dataset, source.kind, source.spec, source.fingerprint, source.base_dir)
+    return source.without_decoding(plan.media_column)
 
 
 def media_of(row: dict[str, Any], plan: ColumnPlan, base_dir: Path) -> MediaRef:
-    """The media reference of one row."""
+    """The media reference of one row.
+
+    A row its reader could not read (:data:`~.sourcebase.ROW_ERROR`) raises its own error here.
+    """
+    failed = row.get(ROW_ERROR)
+    if isinstance(failed, SampleError):
+        raise failed
     if plan.audio_template:
         try:
             name = plan.audio_template.format(**row)
         except (KeyError, IndexError, ValueError) as exc:
             raise SampleError("bad-template", f"audio_template {plan.audio_template!r}: {exc}") from None
-        path = Path(plan.audio_dir or ".", name)
-        return MediaRef("path", str(path), name)
+        return MediaRef("path", str(Path(plan.audio_dir or ".", name)), name)
     value = row.get(plan.media_column or "")
     if isinstance(value, dict) and "array" in value:
         return MediaRef("array", value, f"{plan.media_column} (array)")
     if isinstance(value, dict):
-        data, path = value.get("bytes"), value.get("path")
+        data, where = value.get("bytes"), value.get("path")
         if data:
-            return MediaRef("bytes", bytes(data), path or f"{plan.media_column} (bytes)")
-        value = path
+            return MediaRef("bytes", bytes(data), where or f"{plan.media_column} (bytes)")
+        value = where
     if isinstance(value, (bytes, bytearray, memoryview)):
         return MediaRef("bytes", bytes(value), f"{plan.media_column} (bytes)")
     if isinstance(value, str) and value.strip():
         value = value.strip()
         if "://" in value:
             return MediaRef("url", value, value)
-        path = value if os.path.isabs(value) else os.path.join(base_dir, value)
-        return MediaRef("path", path, value)
+        return MediaRef("path", value if os.path.isabs(value) else os.path.join(base_dir, value), value)
     if isinstance(value, (list, np.ndarray)) and len(value):
         try:
             array = np.asarray(value, dtype=plan.media_dtype)

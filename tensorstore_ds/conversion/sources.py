@@ -1,97 +1,41 @@
-"""Sources: every kind of input the converter reads, opened as a ``datasets`` dataset.
+"""Sources: every kind of input the converter reads, and which reader opens it.
 
-A source is one of
+:func:`open_source` takes
 
 - a ``datasets.Dataset`` or ``datasets.IterableDataset`` object (or a
   ``DatasetDict``, of which ``split`` is taken);
 - a directory written by ``Dataset.save_to_disk``;
-- a folder in the imagefolder/audiofolder convention (media files plus
-  ``metadata.jsonl``, ``metadata.csv`` or ``metadata.parquet`` with a
-  ``file_name`` column); the metadata is read with the ``datasets`` loaders and
-  ``file_name`` becomes an absolute path, so no audio decoder (torchcodec) is
-  needed;
+- an image or audio folder in the Hugging Face imagefolder/audiofolder layout,
+  flat, with split subfolders, or nested, read by our own code
+  (:mod:`.folders`): no torchcodec or FFmpeg is needed;
+- WebDataset tar shards: a ``.tar`` path, glob, brace pattern or URL, a
+  directory of shards, or a list of them, streamed (:mod:`.webdataset`);
 - Parquet, JSON Lines or CSV files (a file, a glob, or a list of them);
 - anything else is passed to ``datasets.load_dataset(name, split=split)``: a
   Hub dataset name, or a local directory of data files.
+
+Every source is a :class:`~.sourcebase.Source` (its contract is in
+:mod:`.sourcebase`). Any exception ``datasets`` raises while a source is opened
+is turned into a :class:`~tensorstore_ds.errors.SourceError` naming the source
+and what to do.
 """
 
 from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import SourceError
+from ..errors import SourceError, SplitNotFoundError, TensorStoreDSError
+from .folders import find_metadata, first_media_file, no_metadata_error, open_folder
+from .sourcebase import DatasetSource, Source, library_error
+from .webdataset import is_shard_spec, open_webdataset, shards_in
+
+__all__ = ["FILE_BUILDERS", "Source", "open_source"]
 
 FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
-METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
-READ_BATCH = 256
-
-
-@dataclass(frozen=True)
-class Source:
-    """An opened source.
-
-    Parameters
-    ----------
-    dataset
-        The rows, as a ``datasets.Dataset`` or ``datasets.IterableDataset``.
-    kind
-        ``"dataset"``, ``"disk"``, ``"folder"``, ``"files"`` or ``"hub"``.
-    spec
-        What the user named (path, glob, dataset name), for messages and the manifest.
-    fingerprint
-        Identifies the source's content; a resume must see the same one.
-    base_dir
-        Directory that relative media paths are resolved against.
-    """
-
-    dataset: Any
-    kind: str
-    spec: str
-    fingerprint: str
-    base_dir: Path
-
-    @property
-    def columns(self) -> list[str]:
-        return list(self.dataset.column_names or self.dataset.features or [])
-
-    @property
-    def num_rows(self) -> int | None:
-        return getattr(self.dataset, "num_rows", None)
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "spec": self.spec, "fingerprint": self.fingerprint, "num_rows": self.num_rows}
-
-    def slice(self, start: int, stop: int) -> Source:
-        """Rows ``start`` to ``stop`` as a source of their own, numbered from 0."""
-        ds = self.dataset
-        if hasattr(ds, "select"):
-            part = ds.select(range(start, stop) if start < stop else [])  # datasets refuses an empty range
-        else:
-            part = ds.skip(start).take(stop - start)
-        return Source(part, self.kind, self.spec, self.fingerprint, self.base_dir)
-
-    def rows(self, start: int, stop: int | None) -> Iterator[tuple[int, dict[str, Any]]]:
-        """Yield ``(row_index, row)`` for rows ``start`` to ``stop`` (exclusive)."""
-        ds = self.dataset
-        if hasattr(ds, "select"):
-            end = ds.num_rows if stop is None else min(stop, ds.num_rows)
-            if start >= end:
-                return
-            ds = ds.select(range(start, end))
-        else:
-            ds = ds.skip(start) if start else ds
-            ds = ds.take(stop - start) if stop is not None else ds
-        row = start
-        for batch in ds.iter(batch_size=READ_BATCH):
-            keys = list(batch)
-            for values in zip(*(batch[k] for k in keys)):
-                yield row, dict(zip(keys, values))
-                row += 1
 
 
 def open_source(source: Any, split: str = "train", **load_kwargs: Any) -> Source:
@@ -100,7 +44,7 @@ def open_source(source: Any, split: str = "train", **load_kwargs: Any) -> Source
     Parameters
     ----------
     source
-        A dataset object, a path, a glob, a list of data files, or a dataset name.
+        A dataset object, a path, a glob, a URL, a list of data files or shards, or a dataset name.
     split
         Split to load for names, folders and data files.
     **load_kwargs
@@ -112,18 +56,48 @@ def open_source(source: Any, split: str = "train", **load_kwargs: Any) -> Source
         source = _pick_split(source, split, f"the {type(source).__name__}")
     if isinstance(source, (datasets.Dataset, datasets.IterableDataset)):
         fingerprint = getattr(source, "_fingerprint", None) or repr(source)
-        return Source(source, "dataset", f"<{type(source).__name__} {fingerprint}>", fingerprint, Path.cwd())
+        return DatasetSource(source, "dataset", f"<{type(source).__name__} {fingerprint}>", fingerprint, Path.cwd())
     if isinstance(source, (list, tuple)):
-        return _open_files([os.fspath(p) for p in source], split, load_kwargs)
+        specs = [os.fspath(p) for p in source]
+        if specs and all(is_shard_spec(s) for s in specs):
+            return open_webdataset(specs)
+        return _guarded(specs[0] if specs else "[]", lambda: _open_files(specs, split, load_kwargs))
     spec = os.fspath(source)
     path = Path(spec)
-    if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
-        return _open_disk(path, split)
-    if path.is_dir() and any((path / m).exists() for m in METADATA_FILES):
-        return _open_folder(path, split, load_kwargs)
+    if is_shard_spec(spec):
+        return open_webdataset([spec])
+    if path.is_dir():
+        return _open_directory(path, split, load_kwargs)
     if path.suffix.lower() in FILE_BUILDERS or glob.has_magic(spec):
-        return _open_files([spec], split, load_kwargs)
+        return _guarded(spec, lambda: _open_files([spec], split, load_kwargs))
     return _open_hub(spec, split, load_kwargs)
+
+
+def _open_directory(path: Path, split: str, load_kwargs: dict[str, Any]) -> Source:
+    """A saved dataset, a folder with metadata, a directory of shards, or a directory of data files."""
+    if (path / "state.json").exists() or (path / "dataset_dict.json").exists():
+        return _guarded(str(path), lambda: _open_disk(path, split))
+    metadata = find_metadata(path)
+    if metadata:
+        return open_folder(path, split, metadata, load_kwargs)
+    if shards_in(path):
+        return open_webdataset([str(path)])
+    has_data_files = any(p.suffix.lower() in FILE_BUILDERS or p.suffix == ".arrow" for p in path.rglob("*.*"))
+    media = None if has_data_files else first_media_file(path)
+    if media is not None:
+        raise no_metadata_error(path, media)
+    return _open_hub(str(path), split, load_kwargs)
+
+
+def _guarded(spec: str, opener: Any) -> Source:
+    """Run ``opener()``; an exception from a library becomes our SourceError."""
+    try:
+        source: Source = opener()
+    except TensorStoreDSError:
+        raise
+    except Exception as exc:
+        raise library_error(spec, "open", exc) from exc
+    return source
 
 
 def _open_disk(path: Path, split: str) -> Source:
@@ -132,7 +106,7 @@ def _open_disk(path: Path, split: str) -> Source:
     ds = datasets.load_from_disk(str(path))
     if isinstance(ds, datasets.DatasetDict):
         ds = _pick_split(ds, split, str(path))
-    return Source(ds, "disk", str(path), ds._fingerprint, path)
+    return DatasetSource(ds, "disk", str(path), ds._fingerprint, path)
 
 
 def _open_files(specs: Sequence[str], split: str, kwargs: dict[str, Any]) -> Source:
@@ -149,23 +123,7 @@ def _open_files(specs: Sequence[str], split: str, kwargs: dict[str, Any]) -> Sou
         raise SourceError(f"data files must all be one of {sorted(FILE_BUILDERS)}; got {files[:5]}")
     ds = datasets.load_dataset(builders.pop(), data_files={split: files}, split=split, **kwargs)
     base = Path(files[0]).resolve().parent
-    return Source(ds, "files", ", ".join(specs), ds._fingerprint, base)
-
-
-def _open_folder(path: Path, split: str, kwargs: dict[str, Any]) -> Source:
-    import datasets
-
-    meta = next(path / m for m in METADATA_FILES if (path / m).exists())
-    ds = datasets.load_dataset(FILE_BUILDERS[meta.suffix], data_files={split: str(meta)}, split=split, **kwargs)
-    if "file_name" not in ds.column_names:
-        raise SourceError(f"{meta} has no 'file_name' column; columns: {ds.column_names}")
-    root = str(path.resolve())
-    ds = ds.map(
-        lambda b: {"file_name": [os.path.join(root, f) if f else f for f in b["file_name"]]},
-        batched=True,
-        desc="resolving file names",
-    )
-    return Source(ds, "folder", str(path), ds._fingerprint, path.resolve())
+    return DatasetSource(ds, "files", ", ".join(specs), ds._fingerprint, base)
 
 
 def _open_hub(name: str, split: str, kwargs: dict[str, Any]) -> Source:
@@ -173,15 +131,15 @@ def _open_hub(name: str, split: str, kwargs: dict[str, Any]) -> Source:
 
     try:
         ds = datasets.load_dataset(name, split=split, **kwargs)
-    except (FileNotFoundError, ValueError) as exc:  # ValueError: 'Unknown split "x". Should be one of [...]'
-        raise SourceError(f"cannot load dataset {name!r} (split {split!r}): {exc}") from exc
-    except (ConnectionError, OSError) as exc:
-        raise SourceError(f"cannot reach dataset {name!r}: {exc}") from exc
+    except TensorStoreDSError:
+        raise
+    except Exception as exc:  # 'Unknown split "x". Should be one of [...]', missing names, network, ImportError
+        raise library_error(f"{name!r} (split {split!r})", "load dataset", exc) from exc
     base = Path(name).resolve() if Path(name).is_dir() else Path.cwd()
-    return Source(ds, "hub", f"{name}:{split}", ds._fingerprint, base)
+    return DatasetSource(ds, "hub", f"{name}:{split}", ds._fingerprint, base)
 
 
 def _pick_split(dd: Any, split: str, spec: str) -> Any:
     if split not in dd:
-        raise SourceError(f"{spec} has no split {split!r}; splits: {sorted(dd)}")
+        raise SplitNotFoundError(spec, split, list(dd))
     return dd[split]

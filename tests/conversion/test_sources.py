@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from tensorstore_ds.conversion.api import convert
@@ -18,7 +15,7 @@ from tensorstore_ds.conversion.decode.image import ImageOptions, decode_image
 from tensorstore_ds.conversion.sources import open_source
 from tensorstore_ds.errors import OptionsError, SourceError
 from tensorstore_ds.store.store import open_store
-from tests.media import audio_bytes, image_bytes, isolate_hf_cache, pixels, write_audio, write_image
+from tests.media import audio_bytes, image_bytes, isolate_hf_cache, pixels, write_audio, write_image, write_table
 
 SIZE = 16
 FAST = {"image_size": SIZE, "chunk_mb": 0.002, "workers": 0, "progress": False}
@@ -161,21 +158,6 @@ def test_save_to_disk_dataset_dict_picks_split(tmp_path: Path) -> None:
 # --- data files -----------------------------------------------------------------------------------
 
 
-def write_table(path: Path, rows: dict[str, list[object]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".parquet":
-        pq.write_table(pa.table(rows), path)
-    elif path.suffix == ".jsonl":
-        keys = list(rows)
-        path.write_text("".join(json.dumps(dict(zip(keys, vals))) + "\n" for vals in zip(*rows.values())))
-    else:
-        with open(path, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(list(rows))
-            writer.writerows(zip(*rows.values()))
-    return path
-
-
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".csv"])
 def test_data_file_with_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str) -> None:
     data = tmp_path / "data"
@@ -227,9 +209,12 @@ def test_imagefolder(tmp_path: Path, meta: str) -> None:
     write_table(folder / meta, {"file_name": names, "caption": ["i0", "i1", "i2"]})
     src = open_source(folder)
     assert src.kind == "folder"
+    assert src.columns == ["file_name", "caption", "image"]  # the media column named as Hugging Face names it
     manifest = convert(folder, tmp_path / "out", **FAST)
-    assert manifest.options["media"] == "image" and manifest.options["media_column"] == "file_name"
+    assert manifest.options["media"] == "image" and manifest.options["media_column"] == "image"
     check_images(tmp_path / "out", [str(folder / n) for n in names], ["i0", "i1", "i2"])
+    convert(folder, tmp_path / "by-file-name", image_column="file_name", **FAST)  # still accepted
+    check_images(tmp_path / "by-file-name", [str(folder / n) for n in names], ["i0", "i1", "i2"])
 
 
 def test_folder_without_file_name_column(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from ..units import format_bytes
 from .arrays import ConcatArray, ConcatText, ServedArray, ServedText
 from .batch import Batch, item_of
 from .budget import resolve_budget
+from .derived import MASK, AudioMask, CaptionChoice
 from .fields import MODES, check_mode, check_same_layout, decide_mode, fields_nbytes, public_name, select_fields
 from .part import StorePart
 from .ring import carve, layout_bytes, process_ring
@@ -50,8 +51,10 @@ class TensorStoreDataset(torch.utils.data.Dataset):
     fields
         What to serve: ``"image"`` or ``"audio"``, ``"caption"``, and any of
         ``"captions"``, kept columns, ``"image_size"``, ``"audio_length"``
-        (``"length"`` is either), ``"source_row"``. Default: the media and the
-        caption. Only selected fields are read and count against the budget.
+        (``"length"`` is either), ``"source_row"``, and for audio
+        ``"audio_mask"`` (bool, true where the clip has real audio; made from
+        ``audio_length``, which is then served too). Default: the media and
+        the caption. Only selected fields are read and count against the budget.
     memory_budget
         Bytes, a size string such as ``"8GiB"``, a fraction of available
         memory (``0.5``), or ``"auto"`` (half of available memory). With
@@ -70,6 +73,10 @@ class TensorStoreDataset(torch.utils.data.Dataset):
     cache_dir, cache_limit, storage_options
         For stores at a URL: see :func:`~tensorstore_ds.open_store`
         (``cache_dir`` only with a single remote store).
+    caption_choice
+        ``"first"`` (default): ``caption`` is the stored first caption.
+        ``"random"``: one of the sample's ``captions``, picked anew each epoch
+        by ``(seed, epoch, sample)`` (see :meth:`set_epoch`; the sampler calls it).
     """
 
     def __init__(
@@ -84,6 +91,7 @@ class TensorStoreDataset(torch.utils.data.Dataset):
         cache_dir: str | os.PathLike[str] | None = None,
         cache_limit: int | str | None = None,
         storage_options: dict[str, Any] | None = None,
+        caption_choice: str = "first",
     ) -> None:
         check_mode(mode)
         self.several = isinstance(path, (list, tuple))
@@ -100,7 +108,10 @@ class TensorStoreDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.channels_last = channels_last
         self.budget = resolve_budget(memory_budget)
-        self.arrays_fields, self.text_fields = select_fields(self.store, fields)
+        self.audio_mask = AudioMask(fields, self.store)
+        self.arrays_fields, self.text_fields = select_fields(self.store, self.audio_mask.fields)
+        self.caption_choice = CaptionChoice(caption_choice, self.store.manifest.text, self.text_fields)
+        self.text_fields += self.caption_choice.extra
         for other in self.stores[1:]:
             check_same_layout(self.store, other, self.arrays_fields, self.text_fields)
         needs = [fields_nbytes(s, self.arrays_fields + self.text_fields) for s in self.stores]
@@ -131,7 +142,12 @@ class TensorStoreDataset(torch.utils.data.Dataset):
 
     @property
     def fields(self) -> list[str]:
-        return [public_name(f) for f in self.arrays_fields] + self.text_fields
+        text = [f for f in self.text_fields if f not in self.caption_choice.hidden]
+        return [public_name(f) for f in self.arrays_fields] + [MASK] * self.audio_mask.active + text
+
+    def set_epoch(self, epoch: int, seed: int = 0) -> None:
+        """The epoch and seed that per-epoch choices use (``caption_choice="random"``); the sampler calls it."""
+        self.caption_choice.set_epoch(epoch, seed)
 
     @property
     def chunk_rows(self) -> int:
@@ -172,23 +188,24 @@ class TensorStoreDataset(torch.utils.data.Dataset):
         for array in self._arrays.values():
             array.willneed(idx)
         arrays, slot = self._gather(idx)
-        text = {f: column.take(idx) for f, column in self._text.items()}
+        text = self.caption_choice.apply({f: column.take(idx) for f, column in self._text.items()}, idx)
         batch = Batch(idx, arrays, text, self.channels_last, slot)
         return item_of(batch, self.transform) if self.transform is not None else batch
 
     def _gather(self, idx: np.ndarray) -> tuple[dict[str, np.ndarray], tuple[Any, ...] | None]:
         """Gather every array field into one ring slot (or new memory when the ring is full)."""
         layout = [(public_name(f), a.dtype.str, (len(idx), *a.shape[1:])) for f, a in self._arrays.items()]
+        layout += self.audio_mask.layout(len(idx))
         in_worker = torch.utils.data.get_worker_info() is not None
         ring = process_ring(in_worker)
         nbytes = layout_bytes(layout)
         s = ring.acquire(nbytes)
         if s is None:
-            return {public_name(f): a.take(idx) for f, a in self._arrays.items()}, None
+            return self.audio_mask.fill({public_name(f): a.take(idx) for f, a in self._arrays.items()}), None
         views = carve(ring.view(s, nbytes, release=not in_worker), layout)
         for f, a in self._arrays.items():
             a.take(idx, out=views[public_name(f)])
-        return views, ((ring.slots[s], ring.state, s, nbytes, layout) if in_worker else None)
+        return self.audio_mask.fill(views), ((ring.slots[s], ring.state, s, nbytes, layout) if in_worker else None)
 
     def close(self) -> None:
         """Unmap paged chunks; RAM buffers go when the last reference does."""

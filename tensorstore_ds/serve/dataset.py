@@ -27,9 +27,19 @@ from .arrays import ConcatArray, ConcatText, ServedArray, ServedText
 from .batch import Batch, item_of
 from .budget import resolve_budget
 from .derived import MASK, AudioMask, CaptionChoice
-from .fields import MODES, check_mode, check_same_layout, decide_mode, fields_nbytes, public_name, select_fields
-from .part import StorePart
+from .fields import (
+    MODES,
+    agree_across_ranks,
+    check_mode,
+    check_same_layout,
+    decide_mode,
+    fields_nbytes,
+    public_name,
+    select_fields,
+)
+from .part import StorePart, shared_nbytes
 from .ring import carve, layout_bytes, process_ring
+from .shm import free_bytes, shm_dir
 
 log = logging.getLogger("tensorstore_ds")
 StorePath = Union[str, "os.PathLike[str]", Store]
@@ -116,7 +126,7 @@ class TensorStoreDataset(torch.utils.data.Dataset):
             check_same_layout(self.store, other, self.arrays_fields, self.text_fields)
         needs = [fields_nbytes(s, self.arrays_fields + self.text_fields) for s in self.stores]
         self.nbytes = sum(needs)
-        self.mode, self.mode_reason = decide_mode(mode, self.nbytes, self.budget)
+        self.mode, self.mode_reason = self._decide(mode)
         log.info("tensorstore_ds: %s serves %s in %s mode: %s", self.location, self.fields, self.mode, self.mode_reason)
         self.parts = [
             StorePart(
@@ -126,6 +136,13 @@ class TensorStoreDataset(torch.utils.data.Dataset):
         ]
         self.offsets = np.cumsum([0] + [len(p) for p in self.parts]).astype(np.int64)
         self._arrays, self._text = self._combine()
+
+    def _decide(self, mode: str) -> tuple[str, str]:
+        """RAM or paged, counting the fields that already have a copy on this machine once."""
+        shared = sum(shared_nbytes(s, self.arrays_fields, self.text_fields) for s in self.stores)
+        directory = shm_dir()
+        decided = decide_mode(mode, self.nbytes, self.budget, shared, (directory, free_bytes(directory)))
+        return agree_across_ranks(*decided) if mode == "auto" else decided
 
     def _combine(self) -> tuple[dict[str, ServedArray], dict[str, ServedText]]:
         """The parts' fields as one array or column each."""

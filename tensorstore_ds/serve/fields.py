@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..errors import BudgetError, OptionsError, StoresMismatchError
+from ..errors import BudgetError, OptionsError, SharedMemoryError, StoresMismatchError
 from ..store.store import MEDIA_FIELDS, Store
 from ..units import format_bytes
 
@@ -68,26 +68,65 @@ def check_mode(mode: str) -> None:
         raise OptionsError(f"mode must be one of {MODES}, not {mode!r}")
 
 
-def decide_mode(mode: str, needed: int, budget: int, note: str = "") -> tuple[str, str]:
-    """``(mode, reason)``: RAM when ``needed`` fits ``budget`` (``mode="auto"``), else as requested.
+def decide_mode(
+    mode: str, needed: int, budget: int, shared: int = 0, shm: tuple[str, int] | None = None
+) -> tuple[str, str]:
+    """``(mode, reason)``: RAM when the fields fit ``budget`` (``mode="auto"``), else as requested.
 
-    ``note`` is added to the sizes in the reason (for example what is shared already).
+    ``shared`` bytes of the ``needed`` ones already have a copy on this machine
+    and cost nothing more: a shared copy counts once per machine. ``shm`` is
+    the shared-memory directory and its free bytes, which the rest must fit.
 
     Raises
     ------
     OptionsError
         ``mode`` is not one of :data:`MODES`.
     BudgetError
-        ``mode="ram"`` and the fields do not fit.
+        ``mode="ram"`` and the fields do not fit the budget.
+    SharedMemoryError
+        ``mode="ram"`` and they do not fit the shared-memory directory.
     """
     check_mode(mode)
-    fits = needed <= budget
-    sizes = f"selected fields need {format_bytes(needed)}{note}, budget is {format_bytes(budget)}"
+    new = needed - shared
+    fits = new <= budget
+    held = f" ({format_bytes(shared)} of it already shared on this machine)" if shared else ""
+    sizes = f"selected fields need {format_bytes(needed)}{held}, budget is {format_bytes(budget)}"
     if mode == "ram" and not fits:
-        raise BudgetError(needed, budget)
+        raise BudgetError(new, budget)
+    if mode != "paged" and shm is not None and new > shm[1]:
+        if mode == "ram":
+            raise SharedMemoryError(shm[0], new, shm[1])
+        if fits:
+            return "paged", (
+                f"{sizes}: fits, but {shm[0]} has only {format_bytes(shm[1])} free (enlarge it, "
+                "e.g. docker --shm-size, or set TENSORSTORE_DS_SHM_DIR)"
+            )
     if mode == "auto":
         return ("ram", f"{sizes}: fits") if fits else ("paged", f"{sizes}: does not fit")
     return mode, f"{sizes}; mode={mode!r} requested"
+
+
+def agree_across_ranks(mode: str, reason: str) -> tuple[str, str]:
+    """In a ``torch.distributed`` job, RAM mode on every rank only if every rank chose it.
+
+    A collective: with a process group initialized, every rank must call it
+    (every rank constructs its dataset). Without one it returns its arguments.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return mode, reason
+    cuda = dist.get_backend() == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    counts = torch.tensor([1 if mode == "ram" else 0, 1], dtype=torch.int64, device=device)
+    dist.all_reduce(counts)
+    ram, world = int(counts[0]), int(counts[1])
+    if ram == world:
+        return "ram", f"{reason} (all {world} ranks chose RAM)"
+    if ram == 0:
+        return "paged", f"{reason} (all {world} ranks chose paged)"
+    return "paged", f"{reason}; paged on all {world} ranks, since only {ram} could hold it in RAM"
 
 
 def check_same_layout(first: Store, other: Store, arrays: list[str], text: list[str]) -> None:

@@ -9,10 +9,15 @@ and opens each array field either as a
 within the part's share of the budget (paged mode). The dataset gathers
 batches from the parts' arrays (one part's directly, several through
 :class:`~tensorstore_ds.serve.arrays.ConcatArray`).
+
+Everything a part holds in RAM is the machine's one copy of that field
+(:mod:`~tensorstore_ds.serve.copies`), named by the store's identity: the
+first process loads it, the others (ranks, workers, other jobs) attach.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +28,7 @@ from ..options import progress_disabled
 from ..store.chunked import ChunkedArray
 from ..store.store import Store
 from .arrays import ServedArray
+from .copies import attach_or_load, copy_key, is_shared
 from .fields import fields_nbytes, media_array
 from .shm import RamArray, SharedBuffer
 
@@ -49,16 +55,18 @@ class StorePart:
     ) -> None:
         self.store = store
         self.mode = mode
+        identity = store_identity(store)
         texts = [f"text/{t}/{part}" for t in text for part in ("bytes", "offsets")]
-        store.fetch(texts + (arrays if mode == "ram" else []), progress)
-        self.text = {name: load_text(store, name) for name in text}
+        wanted = texts + (arrays if mode == "ram" else [])
+        store.fetch([n for n in wanted if not is_shared(copy_key(identity, n))], progress)
+        self.text = {name: load_text(store, name, identity) for name in text}
         if mode == "paged":
             share = max(1, budget - fields_nbytes(store, text)) // max(1, len(arrays))
             self.arrays: dict[str, ServedArray] = {
                 f: ChunkedArray(store.path, store.manifest.arrays[f], share, store.files) for f in arrays
             }
         else:
-            self.arrays = {f: load_ram(store.array(f), progress) for f in arrays}
+            self.arrays = {f: load_ram(store, f, identity, progress) for f in arrays}
 
     def __len__(self) -> int:
         return len(self.store)
@@ -81,22 +89,47 @@ class StorePart:
                 array.close()
 
 
-def load_ram(array: ChunkedArray, progress: bool) -> RamArray:
-    """The whole array read into a new shared buffer."""
+def store_identity(store: Store) -> str:
+    """What names the store's shared copies: its manifest (with every file's checksum).
+
+    A manifest written before checksums does not pin the content, so the
+    store's location is added to it.
+    """
+    doc = json.dumps(store.manifest.to_json(), sort_keys=True)
+    return doc if store.manifest.files else f"{store.location}\0{doc}"
+
+
+def array_names(arrays: Sequence[str], text: Sequence[str]) -> list[str]:
+    """The store arrays that the fields are held in."""
+    return list(arrays) + [f"text/{t}/{part}" for t in text for part in ("bytes", "offsets")]
+
+
+def shared_nbytes(store: Store, arrays: Sequence[str], text: Sequence[str]) -> int:
+    """Bytes of these fields that already have a copy on this machine (or are being loaded)."""
+    identity = store_identity(store)
+    names = [n for n in array_names(arrays, text) if is_shared(copy_key(identity, n))]
+    return sum(store.manifest.arrays[n].nbytes for n in names)
+
+
+def load_ram(store: Store, name: str, identity: str, progress: bool) -> RamArray:
+    """The machine's copy of array ``name``: attached, or read whole from the store first."""
     from tqdm.auto import tqdm
 
-    buffer = SharedBuffer.create(array.spec.nbytes)
-    target = buffer.array(array.spec.dtype, array.spec.shape)
-    with tqdm(
-        total=array.spec.nbytes,
-        unit="B",
-        unit_scale=True,
-        disable=progress_disabled(progress),
-        desc=f"loading {array.spec.name} into RAM",
-    ) as bar:
-        array.read_into(target, bar)
-    array.close()
-    return RamArray(buffer, array.spec.dtype, array.spec.shape)
+    spec = store.manifest.arrays[name]
+
+    def fill(buffer: SharedBuffer) -> None:
+        array = store.array(name)
+        with tqdm(
+            total=spec.nbytes,
+            unit="B",
+            unit_scale=True,
+            disable=progress_disabled(progress),
+            desc=f"loading {name} into RAM",
+        ) as bar:
+            array.read_into(buffer.array(spec.dtype, spec.shape), bar)
+        array.close()
+
+    return RamArray(attach_or_load(copy_key(identity, name), spec.nbytes, fill), spec.dtype, spec.shape)
 
 
 class SharedText:
@@ -124,14 +157,23 @@ class SharedText:
         return self.column.take(indices)
 
 
-def load_text(store: Store, name: str) -> SharedText:
-    """A text column of ``store`` copied into shared buffers."""
-    column = store.load_text(name)
+def load_text(store: Store, name: str, identity: str) -> SharedText:
+    """The machine's copy of a text column: attached, or read (and checked) from the store first."""
+    loaded: list[TextColumn] = []
+
+    def column() -> TextColumn:
+        if not loaded:
+            loaded.append(store.load_text(name))
+        return loaded[0]
+
     parts = []
-    for rows in (column.data, column.offsets):
-        values = np.asarray(rows)
-        buffer = SharedBuffer.create(values.nbytes)
-        buffer.array(values.dtype, values.shape)[:] = values
-        parts.append(RamArray(buffer, values.dtype.str, values.shape))
-    store._text.pop(name, None)  # else every pickle of the dataset carries a private copy
-    return SharedText(parts[0], parts[1], column.encoding, column.where)
+    for part in ("bytes", "offsets"):
+        spec = store.manifest.arrays[f"text/{name}/{part}"]
+
+        def fill(buffer: SharedBuffer, spec: Any = spec, part: str = part) -> None:
+            values = column().data if part == "bytes" else column().offsets
+            buffer.array(spec.dtype, spec.shape)[:] = np.asarray(values)
+
+        buffer = attach_or_load(copy_key(identity, spec.name), spec.nbytes, fill)
+        parts.append(RamArray(buffer, spec.dtype, spec.shape))
+    return SharedText(parts[0], parts[1], store.manifest.text[name], store.files.where(f"text/{name}"))

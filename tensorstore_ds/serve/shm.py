@@ -61,7 +61,7 @@ class SharedBuffer:
         """A new zero-filled buffer owned by this process."""
         directory = shm_dir()
         reap_orphans(directory)
-        free = _free_bytes(directory)
+        free = free_bytes(directory)
         if size > free:
             raise SharedMemoryError(directory, size, free)
         path = os.path.join(directory, f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}")
@@ -122,7 +122,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _free_bytes(directory: str) -> int:
+def free_bytes(directory: str) -> int:
+    """Bytes still free in ``directory``'s file system."""
     st = os.statvfs(directory)
     return st.f_bavail * st.f_frsize
 

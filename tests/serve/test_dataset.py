@@ -170,7 +170,13 @@ def shared_paths(ds: TensorStoreDataset) -> list[str]:
 
 
 def own_shm_files(directory: str = "/dev/shm") -> set[str]:
+    """Per-process buffers of this process (shared copies are named by their store instead)."""
     return {f for f in os.listdir(directory) if f.startswith(f"{PREFIX}{os.getpid()}-")}
+
+
+def with_locks(paths: list[str]) -> list[str]:
+    """Shared copies and the lock files that count their users."""
+    return paths + [p + ".lock" for p in paths]
 
 
 # --- the same tests for both readers -------------------------------------------------
@@ -402,6 +408,12 @@ def test_auto_mode_follows_the_budget(stores: Stores) -> None:
     assert ram.mode == "ram" and isinstance(ram._arrays["images"], RamArray)
     assert format_bytes(nbytes) in ram.mode_reason and format_bytes(nbytes) in repr(ram)
     assert "fits" in ram.mode_reason
+    # While its copy is on this machine, another dataset of the store counts it once: it costs nothing more.
+    again = TensorStoreDataset(stores.image, memory_budget=nbytes - 1, progress=False)
+    assert again.mode == "ram" and f"{format_bytes(nbytes)} of it already shared" in again.mode_reason
+    assert again._arrays["images"].buffer.path == ram._arrays["images"].buffer.path
+    del ram, again
+    gc.collect()
     paged = TensorStoreDataset(stores.image, memory_budget=nbytes - 1, progress=False)
     assert paged.mode == "paged" and isinstance(paged._arrays["images"], ChunkedArray)
     assert "does not fit" in paged.mode_reason and format_bytes(nbytes) in paged.mode_reason
@@ -556,8 +568,8 @@ def test_not_a_store(copy_store: Path, tmp_path: Path) -> None:
 def test_ram_buffers_leave_dev_shm_with_the_dataset(stores: Stores, expected: Expected) -> None:
     before = own_shm_files()
     ds = dataset(stores.image, "ram", fields=["image", "caption", "meta"])
-    paths = shared_paths(ds)
-    assert len(paths) == 5 and all(os.path.dirname(p) == "/dev/shm" and os.path.exists(p) for p in paths)
+    paths = with_locks(shared_paths(ds))
+    assert len(paths) == 10 and all(os.path.dirname(p) == "/dev/shm" and os.path.exists(p) for p in paths)
     assert ds[0]["caption"] == expected.caption[0]
     del ds
     gc.collect()
@@ -570,8 +582,9 @@ def test_shm_dir_setting(stores: Stores, expected: Expected, tmp_path: Path, mon
     before = own_shm_files()
     ds = dataset(stores.image, "ram")
     files = sorted(os.listdir(tmp_path))
-    assert len(files) == 3 and all(f.startswith(f"{PREFIX}{os.getpid()}-") for f in files)  # images, caption x2
-    assert sorted(os.path.basename(p) for p in shared_paths(ds)) == files
+    copies = [f for f in files if not f.endswith(".lock")]  # images, caption x2: each with its lock file
+    assert len(copies) == 3 and all(f.startswith(f"{PREFIX}shared-") and f + ".lock" in files for f in copies)
+    assert len(files) == 6 and sorted(os.path.basename(p) for p in shared_paths(ds)) == copies
     assert own_shm_files() == before
     batches = list(DataLoader(ds, batch_size=10, collate_fn=collate, num_workers=2, multiprocessing_context="fork"))
     assert sum(len(b["caption"]) for b in batches) == len(ds)

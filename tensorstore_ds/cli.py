@@ -47,6 +47,39 @@ def _progress_flag(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def parse_storage_option(text: str) -> tuple[str, Any]:
+    """``"KEY=VALUE"`` as ``(KEY, value)``: JSON values (``true``, ``3``, ``{...}``) parsed, others kept as text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"a storage option looks like KEY=VALUE (e.g. endpoint_url=http://HOST:9000), not {text!r}")
+    try:
+        parsed: Any = json.loads(value)
+    except ValueError:
+        parsed = value
+    return key.strip(), parsed
+
+
+class _StorageOption(argparse.Action):
+    """``--storage-option KEY=VALUE``, repeatable, into one dict (see :func:`parse_storage_option`)."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
+        options = dict(getattr(namespace, self.dest) or {})
+        try:
+            key, value = parse_storage_option(values)
+        except ValueError as exc:
+            parser.error(str(exc))
+        options[key] = value
+        setattr(namespace, self.dest, options)
+
+
+def _storage_option_flag(p: argparse.ArgumentParser) -> None:
+    """``--storage-option KEY=VALUE`` (repeatable): fsspec options for URLs (endpoint, credentials)."""
+    p.add_argument(
+        "--storage-option", dest="storage_options", action=_StorageOption, default=None, metavar="KEY=VALUE",
+        help="fsspec option for a URL, repeatable: endpoint_url=http://HOST:9000, key=..., secret=..., anon=true",
+    )  # fmt: skip
+
+
 def _add_convert(sub: Any) -> None:
     p = sub.add_parser(
         "convert",
@@ -64,6 +97,8 @@ def _add_convert(sub: Any) -> None:
         meta = f.metadata
         if f.name == "progress":
             _progress_flag(p)
+        elif f.name == "storage_options":
+            _storage_option_flag(p)
         elif isinstance(f.default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=meta["help"])
         else:
@@ -98,7 +133,7 @@ def _run_commit(args: argparse.Namespace) -> int:
 def _run_info(args: argparse.Namespace) -> int:
     from .store.info import format_info, info
 
-    doc = info(args.store)
+    doc = info(args.store, storage_options=args.storage_options)
     print(json.dumps(doc, indent=2) if args.json else format_info(doc))
     return EXIT_OK
 
@@ -106,7 +141,7 @@ def _run_info(args: argparse.Namespace) -> int:
 def _run_verify(args: argparse.Namespace) -> int:
     from .store.verify import verify
 
-    report = verify(args.store, progress=args.progress)
+    report = verify(args.store, progress=args.progress, storage_options=args.storage_options)
     print(report)
     return EXIT_OK if report.ok else EXIT_FAILED
 
@@ -115,9 +150,28 @@ def _run_pull(args: argparse.Namespace) -> int:
     from .store.pull import pull
     from .units import format_bytes
 
-    manifest = pull(args.url, args.dest, workers=args.workers, progress=args.progress, retries=args.retries)
+    manifest = pull(
+        args.url,
+        args.dest,
+        workers=args.workers,
+        progress=args.progress,
+        retries=args.retries,
+        storage_options=args.storage_options,
+    )
     size = sum(entry["size"] for entry in manifest.files.values())
     print(f"store {args.dest}: {len(manifest.files) + 1} files ({format_bytes(size)}) from {args.url}, all verified")
+    return EXIT_OK
+
+
+def _run_push(args: argparse.Namespace) -> int:
+    from .store.push import push
+    from .units import format_bytes
+
+    manifest = push(
+        args.store, args.url, workers=args.workers, progress=args.progress, storage_options=args.storage_options
+    )
+    size = sum(entry["size"] for entry in manifest.files.values())
+    print(f"store {args.store}: {len(manifest.files) + 1} files ({format_bytes(size)}) at {args.url}, manifest last")
     return EXIT_OK
 
 
@@ -141,14 +195,16 @@ def _add_store_commands(sub: Any) -> None:
     p = sub.add_parser("info", help="describe a store", formatter_class=_Formatter)
     p.add_argument("store", help="store directory or URL")
     p.add_argument("--json", action="store_true", help="print JSON for programs")
+    _storage_option_flag(p)
     p.set_defaults(run=_run_info)
     p = sub.add_parser(
         "verify",
         help="re-read every file of a store and check it against the manifest (exit 1 on damage)",
         formatter_class=_Formatter,
     )
-    p.add_argument("store", help="store directory")
+    p.add_argument("store", help="store directory or URL")
     _progress_flag(p)
+    _storage_option_flag(p)
     p.set_defaults(run=_run_verify)
     p = sub.add_parser(
         "pull", help="copy a store from a URL (http, s3, gs, ...), verified and resumable", formatter_class=_Formatter
@@ -158,7 +214,19 @@ def _add_store_commands(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=8, help="parallel transfers")
     p.add_argument("--retries", type=int, default=3, help="failed requests tolerated per file before stopping")
     _progress_flag(p)
+    _storage_option_flag(p)
     p.set_defaults(run=_run_pull)
+    p = sub.add_parser(
+        "push",
+        help="copy a finished store to a URL (s3, gs, ...): parallel, manifest last, resumable",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("store", help="a finished store directory")
+    p.add_argument("url", help="where it goes, e.g. s3://bucket/stores/NAME (rerun to resume)")
+    p.add_argument("--workers", type=int, default=8, help="parallel uploads")
+    _progress_flag(p)
+    _storage_option_flag(p)
+    p.set_defaults(run=_run_push)
 
 
 def _index_list(text: str) -> list[int]:

@@ -367,3 +367,60 @@ class DecoderStartError(TensorStoreDSError, RuntimeError):
             f"({kind}: {detail or 'the process died'}); nothing was recorded as failed. If you run from "
             "an interactive session or stdin, use workers=0 or run a script file; rerun to resume"
         )
+
+
+# --- object storage --------------------------------------------------------
+
+
+class ObjectStoreError(StoreError):
+    """A request to object storage (``s3://``, ``gs://``, ...) kept failing.
+
+    Parameters
+    ----------
+    url
+        The object or prefix the request was about.
+    operation
+        What was being done (``"upload"``, ``"read"``, ``"list"``...).
+    detail
+        The storage library's own words.
+    """
+
+    def __init__(self, url: str, operation: str, detail: str) -> None:
+        self.url = url
+        self.operation = operation
+        self.detail = detail
+        super().__init__(f"cannot {operation} {url}: {detail}; rerun the same command to resume")
+
+
+class StoreAccessError(StoreError, PermissionError):
+    """Object storage refused the credentials (or their rights) for a URL."""
+
+    def __init__(self, url: str, detail: str) -> None:
+        self.url = url
+        self.detail = detail
+        super().__init__(
+            f"access to {url} was refused ({detail}); check the credentials and endpoint "
+            "(storage_options= or --storage-option key=VALUE, or the environment's AWS_* / GOOGLE_* settings)"
+        )
+
+
+class BucketNotFoundError(StoreError, FileNotFoundError):
+    """The bucket (or container) of a URL does not exist."""
+
+    def __init__(self, url: str, bucket: str) -> None:
+        self.url = url
+        self.bucket = bucket
+        super().__init__(f"the bucket {bucket!r} of {url} does not exist; create it first (or fix the URL)")
+
+
+class StoreLeaseError(StoreError):
+    """Another conversion holds the lease on a store URL."""
+
+    def __init__(self, url: str, holder: str, seconds_left: float) -> None:
+        self.url = url
+        self.holder = holder
+        self.seconds_left = seconds_left
+        super().__init__(
+            f"store {url} is being converted by {holder} (its lease runs {seconds_left:.0f} s more unless renewed); "
+            "wait for it to finish, or rerun after the lease has expired if that conversion is dead"
+        )

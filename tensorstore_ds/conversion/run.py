@@ -23,6 +23,7 @@ from ..errors import OptionsError, SampleError, SampleFailedError
 from ..format.layout import chunk_rows_for
 from ..format.manifest import MANIFEST, Manifest
 from ..options import progress_disabled
+from ..store.store import is_url
 from .columns import ColumnPlan, captions_of, cast_media_features, clip_of, kept_of, media_of, plan_columns
 from .decode import decode_sample
 from .fetch import Fetcher
@@ -60,7 +61,12 @@ def convert_rows(
         src, plan = _shard_of(src, plan, opts, shard)
     if opts.retry_failed:
         return _retry(src, columns, plan, Path(out), opts, shard)
-    writer = StoreWriter.open(out, plan, overwrite=opts.overwrite)
+    if is_url(out):  # object storage: chunk files are uploaded as they are committed
+        from .upload import open_url_writer
+
+        writer = open_url_writer(os.fspath(out), plan, opts.overwrite, opts.storage_options, opts.scratch_dir)
+    else:
+        writer = StoreWriter.open(out, plan, overwrite=opts.overwrite)
     try:
         if not writer.finished:
             _run(src, columns, opts, writer)

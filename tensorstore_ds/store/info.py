@@ -25,9 +25,9 @@ def summary(path: str | os.PathLike[str], manifest: Manifest) -> str:
     return "\n".join(lines)
 
 
-def info(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Everything a person or program wants to know about a store."""
-    store = open_store(path)
+def info(path: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything a person or program wants to know about a store (a directory or a URL)."""
+    store = open_store(path, storage_options=storage_options)
     m = store.manifest
     on_disk = sum(s.num_chunks * s.chunk_bytes for s in m.arrays.values())
     return {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import StoreFormatError
 from ..format.hashing import ALGORITHM, checksum_files, store_files
@@ -50,13 +51,26 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def verify(path: str | os.PathLike[str], progress: bool = True, threads: int = 4) -> VerifyReport:
+def verify(
+    path: str | os.PathLike[str],
+    progress: bool = True,
+    threads: int = 4,
+    storage_options: dict[str, Any] | None = None,
+) -> VerifyReport:
     """Re-read every file of a store and compare it with the manifest.
 
     Returns a report naming each file that is missing, truncated, extended,
     altered (any flipped byte), irregular (a symlink or not a regular file),
-    inconsistent with the manifest, or present but not in the manifest.
+    inconsistent with the manifest, or present but not in the manifest. A
+    URL (``s3://``, ``https://``...) is verified where it is, reading every
+    byte (see :mod:`~tensorstore_ds.store.verify_remote`).
     """
+    from .store import is_url
+
+    if is_url(path):
+        from .verify_remote import verify_url
+
+        return verify_url(os.fspath(path), progress, threads, storage_options)
     root = Path(path)
     manifest = Manifest.read(root)
     report = VerifyReport(str(root))

@@ -1,0 +1,169 @@
+"""Converting straight into object storage (moto's S3 server on loopback): uploads as chunks complete, the
+manifest last, bounded scratch, resume after SIGKILL, one conversion per URL, and reading the result back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pytest
+
+from tensorstore_ds import open_store
+from tensorstore_ds.conversion import upload
+from tensorstore_ds.conversion.api import convert
+from tensorstore_ds.errors import StoreError, StoreLeaseError
+from tensorstore_ds.format.manifest import MANIFEST
+from tensorstore_ds.store import objects
+from tensorstore_ds.store.objects import LEASE, Lease
+from tensorstore_ds.store.transfer import Remote
+from tensorstore_ds.store.verify import verify
+from tests.media import noise_png
+from tests.s3server import FaultProxy
+from tests.stores import assert_same_values, snapshot, tree_bytes
+
+S3 = tuple[str, dict[str, Any]]
+SIZE = 16
+CHUNK_MB = 4 * SIZE * SIZE * 3 / 2**20  # 4 rows a chunk
+
+
+def source(tmp_path: Path, n: int = 30) -> Path:
+    folder = tmp_path / "src"
+    folder.mkdir(exist_ok=True)
+    lines = []
+    for i in range(n):
+        (folder / f"{i:03d}.png").write_bytes(noise_png(i, SIZE) if i != 7 else b"broken")
+        lines.append(f'{{"file_name": "{i:03d}.png", "caption": "sample {i}"}}')
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def options(**extra: Any) -> dict[str, Any]:
+    return {"image_size": SIZE, "chunk_mb": CHUNK_MB, "workers": 0, "progress": False, **extra}
+
+
+def objects_of(url: str, storage: dict[str, Any]) -> dict[str, bytes]:
+    fs, root = fsspec.core.url_to_fs(url, **storage)
+    return {p[len(root) + 1 :]: fs.cat_file(p) for p in fs.find(root)}
+
+
+@pytest.fixture(autouse=True)
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(objects, "SETTLE", 0.05)
+    monkeypatch.setattr("tensorstore_ds.store.transfer.BACKOFF", 0.01)
+
+
+def test_convert_into_s3_is_the_local_store(s3: S3, tmp_path: Path, fault_proxy: FaultProxy) -> None:
+    bucket, storage = s3
+    src = source(tmp_path)
+    convert(src, tmp_path / "local", **options())
+    url = f"{bucket}/stores/one"
+    manifest = convert(src, url, **options(storage_options=fault_proxy.storage_options))
+    stored = objects_of(url, storage)
+    local = tree_bytes(tmp_path / "local")
+    assert set(stored) == set(local)
+    assert {n: b for n, b in stored.items() if n != MANIFEST} == {n: b for n, b in local.items() if n != MANIFEST}
+    assert manifest.files == open_store(tmp_path / "local").manifest.files
+    puts = [p for m, p in fault_proxy.requests if m == "PUT" and ".convert" not in p]
+    assert puts[-1].endswith(f"/one/{MANIFEST}")  # the manifest last
+    assert not any(p.rsplit("/", 1)[-1] == LEASE.rsplit("/", 1)[-1] for p in objects_of(url, storage))
+    assert not upload.scratch_for(f"{bucket}/stores/one").exists()  # scratch removed
+    store = open_store(url, cache_dir=tmp_path / "cache", storage_options=storage)
+    assert_same_values(snapshot(store), snapshot(open_store(tmp_path / "local")))
+    assert verify(url, progress=False, storage_options=storage).ok
+    again = convert(src, url, **options(storage_options=storage))  # finished: nothing to do
+    assert again.files == manifest.files
+
+
+def test_scratch_disk_is_bounded(s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bucket, storage = s3
+    monkeypatch.setattr(upload, "MAX_PENDING", 2)
+    peak = [0]
+    original = upload.UploadingWriter._commit
+
+    def measured(self: Any, rows: int) -> None:
+        original(self, rows)
+        peak[0] = max(peak[0], sum(1 for p in (self.root / "images" / "c").rglob("*") if p.is_file()))
+
+    monkeypatch.setattr(upload.UploadingWriter, "_commit", measured)
+    convert(source(tmp_path, 60), f"{bucket}/big", **options(storage_options=storage))
+    assert peak[0] <= 2 + 1  # pending uploads plus the one just committed, never all 15 chunks
+
+
+def test_a_second_conversion_into_the_url_is_refused(s3: S3, tmp_path: Path) -> None:
+    bucket, storage = s3
+    remote = Remote(f"{bucket}/x", storage)
+    lease = Lease(remote, settle=0.05).acquire()
+    try:
+        with pytest.raises(StoreLeaseError, match=rf"store {bucket}/x is being converted by process {os.getpid()}"):
+            convert(source(tmp_path), f"{bucket}/x", **options(storage_options=storage))
+    finally:
+        lease.release()
+    assert convert(source(tmp_path), f"{bucket}/x", **options(storage_options=storage)).num_samples == 29
+
+
+def test_a_lease_taken_over_is_noticed(s3: S3) -> None:
+    bucket, storage = s3
+    remote = Remote(f"{bucket}/y", storage)
+    first = Lease(remote, ttl=0.3, settle=0.05).acquire()
+    time.sleep(0.4)  # expired (its renewal thread is slower than this): another may take it
+    second = Lease(remote, ttl=30, settle=0.05)
+    second._refuse_if_held = lambda: None  # type: ignore[method-assign]
+    second.acquire()
+    time.sleep(0.3)
+    with pytest.raises(StoreLeaseError, match="is being converted by process"):
+        first.check()
+    second.release()
+    first.release()
+
+
+def test_a_foreign_prefix_is_refused(s3: S3, tmp_path: Path) -> None:
+    bucket, storage = s3
+    fs, root = fsspec.core.url_to_fs(f"{bucket}/z", **storage)
+    fs.pipe_file(f"{root}/holiday.jpg", b"...")
+    with pytest.raises(StoreError, match=r"s3://.*/z is not empty and is not a tensorstore_ds store"):
+        convert(source(tmp_path), f"{bucket}/z", **options(storage_options=storage))
+
+
+KILLER = """
+import os, signal, sys
+import tensorstore_ds.conversion.upload as upload
+from tensorstore_ds.conversion.api import convert
+original = upload.UploadingWriter._done
+def done(self, name, path):
+    original(self, name, path)
+    if len(self._uploaded) >= int(sys.argv[3]):
+        os.kill(os.getpid(), signal.SIGKILL)
+upload.UploadingWriter._done = done
+storage = {"key": "testing", "secret": "testing", "endpoint_url": sys.argv[4], "skip_instance_cache": True,
+           "client_kwargs": {"region_name": "us-east-1"}}
+convert(sys.argv[1], sys.argv[2], image_size=16, chunk_mb=%r, workers=0, progress=False, storage_options=storage)
+"""
+
+
+def test_resume_after_sigkill(s3: S3, tmp_path: Path) -> None:
+    bucket, storage = s3
+    src = source(tmp_path, 40)
+    url = f"{bucket}/killed"
+    script = tmp_path / "kill.py"
+    script.write_text(KILLER % CHUNK_MB)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    run = subprocess.run(
+        [sys.executable, str(script), str(src), url, "3", storage["endpoint_url"]], env=env, timeout=300
+    )
+    assert run.returncode == -signal.SIGKILL
+    fs, root = fsspec.core.url_to_fs(url, **storage)
+    assert not fs.exists(f"{root}/{MANIFEST}") and fs.exists(f"{root}/{LEASE}")
+    with pytest.raises(StoreError, match="there is no manifest.json"):
+        open_store(url, storage_options=storage)
+    manifest = convert(src, url, **options(storage_options=storage))  # the dead process's lease is taken over
+    convert(src, tmp_path / "local", **options())
+    stored = {n: b for n, b in objects_of(url, storage).items() if n != MANIFEST}
+    assert stored == {n: b for n, b in tree_bytes(tmp_path / "local").items() if n != MANIFEST}
+    assert manifest.num_samples == 39
+    assert verify(url, progress=False, storage_options=storage).ok

@@ -35,11 +35,14 @@ one-process pool: the sample that kills its decoder again fails by itself with
 reason ``decoder-crashed``, and the others are decoded as usual, so the
 conversion goes on and its result does not depend on the timing of the crash.
 (With ``workers == 0`` the decoder runs in the converting process itself.)
+A decode process exits by itself within a second of the converting process
+dying (a SIGKILL gives no chance to stop it).
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 import time
 from collections import OrderedDict, deque
@@ -420,7 +423,19 @@ class Pipeline:
 
 
 def _process_pool(workers: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),))
+
+
+def _exit_with(parent: int) -> None:
+    """In a decode process: exit once the converting process is gone (a SIGKILL leaves no one to stop us)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="tsds-parent-watch", daemon=True).start()
 
 
 def _copy(source: Future[dict[str, Any]], target: Future[dict[str, Any]], pool: Any) -> None:

@@ -278,31 +278,20 @@ class SharedMemoryError(TensorStoreDSError, OSError):
 
 
 class ResumeStateError(TensorStoreDSError, ValueError):
-    """A sampler checkpoint does not belong to this sampler's store or settings.
+    """A sampler checkpoint this sampler cannot resume from: ``key`` differs (``saved`` there, ``current`` here).
 
-    Parameters
-    ----------
-    key
-        What differs (``"seed"``, ``"samples"``, ...), or ``"state"`` for a dict that holds no sampler state.
-    saved, current
-        The checkpoint's value and this sampler's.
+    ``key`` is ``"state"`` for a dict that holds no sampler state at all.
     """
 
     def __init__(self, key: str, saved: Any, current: Any) -> None:
-        self.key = key
-        self.saved = saved
-        self.current = current
-        if key == "state":
-            message = (
-                f"no ChunkShuffleSampler state in this checkpoint (keys {saved!r}); pass sampler.state_dict() "
-                "or a StatefulDataLoader's state_dict()"
-            )
-        else:
-            message = (
-                f"the checkpoint was taken with {key}={saved!r}, this sampler has {key}={current!r}; a sampler "
-                "resumes only with the seed, shuffle and store it was saved with"
-            )
-        super().__init__(message)
+        self.key, self.saved, self.current = key, saved, current
+        super().__init__(
+            f"no ChunkShuffleSampler state in this checkpoint (keys {saved!r}); pass sampler.state_dict() or a "
+            "StatefulDataLoader's state_dict()"
+            if key == "state"
+            else f"the checkpoint was taken with {key}={saved!r}, this sampler has {key}={current!r}; a sampler "
+            "resumes only with the seed, shuffle and store it was saved with"
+        )
 
 
 # --- several stores --------------------------------------------------------

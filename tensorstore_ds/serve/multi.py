@@ -27,7 +27,7 @@ class MultiStoreDataset(TensorStoreDataset):
     ----------
     paths
         Store directories, URLs or opened stores, in the order of the whole.
-    fields, memory_budget, mode, transform, channels_last, progress
+    fields, memory_budget, mode, transform, channels_last, progress, caption_choice
         As for :class:`~tensorstore_ds.TensorStoreDataset`; the budget and
         the mode apply to all the stores together.
     cache_dir, cache_limit, storage_options
@@ -46,6 +46,7 @@ class MultiStoreDataset(TensorStoreDataset):
         cache_dir: str | os.PathLike[str] | None = None,
         cache_limit: int | str | None = None,
         storage_options: dict[str, Any] | None = None,
+        caption_choice: str = "first",
     ) -> None:
         if isinstance(paths, (str, os.PathLike)) or not isinstance(paths, Sequence):
             raise OptionsError(f"MultiStoreDataset takes a list of stores, not {type(paths).__name__}")
@@ -60,4 +61,5 @@ class MultiStoreDataset(TensorStoreDataset):
             cache_dir,
             cache_limit,
             storage_options,
+            caption_choice,
         )

@@ -129,6 +129,17 @@ def test_the_choice_survives_a_resume(store: Path) -> None:
     assert {**before, **after} == reference and len(before) == 5
 
 
+def test_several_stores_pick_by_index_of_the_whole(store: Path) -> None:
+    from tensorstore_ds import MultiStoreDataset
+
+    ds = MultiStoreDataset([store, store], mode="ram", caption_choice="random", progress=False)
+    stored = open_store(store).text("captions")
+    counts = np.array([len(stored[i % CLIPS]) for i in range(2 * CLIPS)])
+    ds.set_epoch(7, seed=2)
+    got = collate(ds.__getitems__(list(range(2 * CLIPS))))["caption"]
+    assert got == [stored[i % CLIPS][k] for i, k in enumerate(pick(2, 7, np.arange(2 * CLIPS), counts).tolist())]
+
+
 def test_captions_and_kept_text_columns_stay_fields(store: Path) -> None:
     ds = TensorStoreDataset(
         store, fields=["caption", "captions", "aspect_list"], caption_choice="random", progress=False

@@ -57,7 +57,7 @@ from .fetch import Fetcher
 from .hosts import Hosts, host_of
 from .staging import Stage, decode_staged
 
-SLOW_AFTER = 2.0  # seconds after which a fetch counts as stalled and frees its concurrency slot
+SLOW_AFTER = 1.0  # seconds after which a fetch counts as stalled and frees its concurrency slot
 STALL_ROOM = 4  # fetch threads at most, as a multiple of fetch_threads
 
 

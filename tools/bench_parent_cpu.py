@@ -1,0 +1,72 @@
+"""CPU time of the converting process itself, per sample, and the ceiling it implies.
+
+Converts a folder of 224 x 224 JPEGs (photo-like, ``metadata.jsonl``
+captions) with ``--workers`` decode processes and reads the converting
+process's own CPU time (user + system, all its threads, not its children)
+from ``getrusage``. Fixed costs (imports, opening the source, starting the
+pool, the manifest) are removed by converting twice, ``--small`` and
+``--n`` rows, and taking the slope: ``(cpu(n) - cpu(small)) / (n - small)``.
+The median slope of ``--repeats`` pairs is printed with the samples per second
+one core of converting process can sustain (the ceiling, whatever the cores).
+
+``--root DIR`` measures another checkout (e.g. the code before this
+change, unpacked with ``git archive``) in the same run, as a baseline:
+
+    .venv/bin/python tools/bench_parent_cpu.py
+    git archive 88b185d | tar -x -C /tmp/before && .venv/bin/python tools/bench_parent_cpu.py --root /tmp/before
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process (all threads), not of its children."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=3000, help="rows of the large conversion (default 3000)")
+    parser.add_argument("--small", type=int, default=500, help="rows of the small conversion (default 500)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1], help="checkout to measure")
+    parser.add_argument("--target", type=float, default=0.25, help="maximum ms per sample")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(args.root))
+    from tensorstore_ds import convert
+    from tensorstore_ds.demo.samples import make_image_folder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = make_image_folder(Path(tmp) / "photos", args.n, sizes=((224, 224),))
+
+        def cpu(limit: int) -> float:
+            before = own_cpu()
+            convert(str(folder), Path(tmp) / "out", image_column="image", workers=args.workers, limit=limit,
+                    overwrite=True, progress=False)  # fmt: skip
+            return own_cpu() - before
+
+        cpu(args.small)  # warm: imports, page cache
+        slopes = []
+        for _ in range(args.repeats):
+            small, large = cpu(args.small), cpu(args.n)
+            slopes.append((large - small) / (args.n - args.small))
+            print(f"    {args.small} rows {small:.2f} s CPU, {args.n} rows {large:.2f} s CPU", flush=True)
+    ms = statistics.median(slopes) * 1000
+    print(
+        f"bench_parent_cpu ({args.root}): workers={args.workers}, 224x224 JPEGs: converting process "
+        f"{ms:.3f} ms CPU per sample (median of {args.repeats}), ceiling {1000 / ms:,.0f} samples/s"
+    )
+    return 0 if ms <= args.target else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -126,7 +126,7 @@ def _run_commit(args: argparse.Namespace) -> int:
     from .conversion.shards import commit
     from .store.info import summary
 
-    print(summary(args.out, commit(args.out, progress=args.progress)))
+    print(summary(args.out, commit(args.out, progress=args.progress, storage_options=args.storage_options)))
     return EXIT_OK
 
 
@@ -179,7 +179,7 @@ def _run_merge(args: argparse.Namespace) -> int:
     from .conversion.merge import merge
     from .store.info import summary
 
-    manifest = merge(args.out, args.stores, progress=args.progress)
+    manifest = merge(args.out, args.stores, progress=args.progress, storage_options=args.storage_options)
     print(summary(args.out, manifest))
     return EXIT_OK
 
@@ -276,14 +276,16 @@ def _add_assembly_commands(sub: Any) -> None:
     p.add_argument("out", help="the merged store's directory")
     p.add_argument("stores", nargs="+", help="store directories or URLs, in source order")
     _progress_flag(p)
+    _storage_option_flag(p)
     p.set_defaults(run=_run_merge)
     p = sub.add_parser(
         "commit",
         help="assemble the shards converted with 'convert --shard K/N' into the store",
         formatter_class=_Formatter,
     )
-    p.add_argument("out", help="the store directory given to every 'convert --shard K/N'")
+    p.add_argument("out", help="the store directory or URL given to every 'convert --shard K/N'")
     _progress_flag(p)
+    _storage_option_flag(p)
     p.set_defaults(run=_run_commit)
     p = sub.add_parser(
         "demo",

@@ -41,6 +41,7 @@ def merge(
     stores: Sequence[str | os.PathLike[str]],
     progress: bool = True,
     source: dict[str, Any] | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> Manifest:
     """Merge stores made from consecutive parts of one source into one store at ``out``.
 
@@ -57,6 +58,8 @@ def merge(
         The merged store's source description; default: the list of parts.
         (Committing shards passes the original source's, so the store is the
         one a single conversion makes.)
+    storage_options
+        For stores at URLs: passed to fsspec.
 
     Raises
     ------
@@ -66,7 +69,8 @@ def merge(
     """
     if not stores:
         raise OptionsError("merge needs at least one store")
-    parts = [open_store(s) for s in stores]
+    opened = [open_store(s, storage_options=storage_options) for s in stores]
+    parts = [p for s in opened for p in (s.parts or [s])]  # a store made of parts merges as its parts
     try:
         for other in parts[1:]:
             _check_same(parts[0], other)
@@ -111,7 +115,7 @@ def _plan(parts: list[Store]) -> Plan:
         Column(n, s.row_shape, s.dtype, n == media) for n, s in first.arrays.items() if not n.startswith("text/")
     )
     fingerprint = hashlib.sha256(json.dumps([p.manifest.files for p in parts], sort_keys=True).encode()).hexdigest()
-    rows = [p.manifest.source.get("num_rows") for p in parts]
+    rows: list[Any] = [p.manifest.source.get("num_rows") for p in parts]
     source = {
         "kind": "merged",
         "spec": " + ".join(p.location for p in parts),

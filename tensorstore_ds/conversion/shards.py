@@ -8,6 +8,11 @@ conversion). :func:`commit` then merges the finished shards, in order, into
 ``OUT`` and writes the manifest last: the result is the store a single-machine
 conversion of the same source and options makes.
 
+Into object storage (``OUT`` an ``s3://``... URL), shard ``K`` is converted
+into the part ``OUT/parts/K-of-N`` instead, and :func:`commit` writes a
+manifest listing the parts, copying nothing
+(:mod:`~tensorstore_ds.conversion.parts`).
+
 Two ways to run the shards:
 
 - a job array: ``tensorstore-ds convert SOURCE OUT --shard K/N`` on each of N
@@ -25,6 +30,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 from ..errors import OptionsError, StoreError
 from ..format.manifest import MANIFEST, SHARDS_DIR, Manifest
@@ -53,20 +59,38 @@ def shard_ranges(num_rows: int, shards: int, chunk_rows: int) -> list[tuple[int,
     return [(min(k * size, num_rows), min((k + 1) * size, num_rows)) for k in range(shards)]
 
 
-def shard_dir(out: str | os.PathLike[str], k: int, n: int) -> Path:
-    """Where shard ``k`` of ``n`` of the store ``out`` is converted."""
+def shard_dir(out: str | os.PathLike[str], k: int, n: int) -> str | Path:
+    """Where shard ``k`` of ``n`` of the store ``out`` is converted (a part of it, when ``out`` is a URL)."""
+    from ..store.store import is_url
+
+    if is_url(out):
+        from .parts import part_path
+
+        return f"{os.fspath(out).rstrip('/')}/{part_path(k, n)}"
     return Path(out) / SHARDS_DIR / f"{k:05d}-of-{n:05d}"
 
 
-def commit(out: str | os.PathLike[str], progress: bool = True) -> Manifest:
-    """Merge the finished shards of ``out`` into the store ``out``; the manifest comes last.
+def commit(
+    out: str | os.PathLike[str], progress: bool | None = True, storage_options: dict[str, Any] | None = None
+) -> Manifest:
+    """Assemble the finished shards of ``out``; the manifest comes last.
+
+    A local store merges its shards into one (see above). A store at a URL
+    becomes a store made of its parts, without copying a sample
+    (:func:`~tensorstore_ds.conversion.parts.commit_parts`).
 
     Raises
     ------
     StoreError
         Shards are missing or unfinished; it names them.
     """
+    from ..store.store import is_url
     from .merge import merge
+
+    if is_url(out):
+        from .parts import commit_parts
+
+        return commit_parts(os.fspath(out), storage_options)
 
     root = Path(out)
     if (root / MANIFEST).exists():
@@ -74,13 +98,13 @@ def commit(out: str | os.PathLike[str], progress: bool = True) -> Manifest:
     parts = _finished_shards(root)
     first = Manifest.read(parts[0])
     source = {k: v for k, v in first.source.items() if k not in ("shard", "rows")}
-    manifest = merge(root, [str(p) for p in parts], progress=progress, source=source)
+    manifest = merge(root, [str(p) for p in parts], progress=bool(progress), source=source)
     shutil.rmtree(root / SHARDS_DIR, ignore_errors=True)
     return manifest
 
 
 def _finished_shards(root: Path) -> list[Path]:
-    found = {}
+    found: dict[int, dict[int, Path]] = {}
     for entry in sorted((root / SHARDS_DIR).glob("*-of-*")) if (root / SHARDS_DIR).is_dir() else []:
         match = _DIR.match(entry.name)
         if match:

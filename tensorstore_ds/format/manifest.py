@@ -3,6 +3,12 @@
 ``manifest.json`` is written last and atomically; its presence is what marks a
 store as finished. Readers check :data:`FORMAT_VERSION` before anything else.
 
+A store made of parts (a sharded conversion into object storage, committed
+without copying) has a manifest of :data:`PARTS_FORMAT_VERSION` whose
+``parts`` lists the part stores in sample order, each a complete store of
+version 1 under the store's URL, pinned by the SHA-256 of its manifest;
+``files`` lists those part manifests. Readers of version 1 refuse it.
+
 Forward compatibility: a reader refuses a store of a newer format version, but
 within one version it ignores fields it does not know (at the top level and in
 array and text entries), so later releases can add information without
@@ -26,6 +32,8 @@ from ..errors import StoreFormatError, StoreIncompleteError, StoreNotFoundError
 from .layout import ArraySpec, short_repr, write_json_atomic
 
 FORMAT_VERSION = 1
+PARTS_FORMAT_VERSION = 2  # a store made of parts (see the module docstring)
+PARTS_DIR = "parts"
 MANIFEST = "manifest.json"
 FAILURES = "failures.jsonl"
 WORK_DIR = ".convert"
@@ -65,6 +73,9 @@ class Manifest:
         Rows read, converted, failed, and failures by reason.
     files
         Per-file size and checksum, by store-relative path.
+    parts
+        A store made of parts only: ``{"path", "num_samples", "rows_read",
+        "manifest_sha256"}`` of each part store, in sample order.
     """
 
     num_samples: int
@@ -74,6 +85,7 @@ class Manifest:
     source: dict[str, Any]
     counts: dict[str, Any]
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    parts: list[dict[str, Any]] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
     library_version: str = __version__
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -97,6 +109,7 @@ class Manifest:
             "source": self.source,
             "counts": self.counts,
             "files": self.files,
+            **({"parts": self.parts} if self.parts else {}),
         }
 
     def write(self, root: Path) -> None:
@@ -137,17 +150,17 @@ class Manifest:
         version = doc.get("format_version")
         if type(version) is not int or version < 1:
             raise StoreFormatError(path, f"format_version {short_repr(version)} is not a positive integer")
-        if version > FORMAT_VERSION:
+        if version > PARTS_FORMAT_VERSION or (version == PARTS_FORMAT_VERSION and not doc.get("parts")):
             raise StoreFormatError(
                 path,
                 f"store format version {version} is newer than this library reads "
-                f"(version {FORMAT_VERSION}); upgrade tensorstore_ds",
+                f"(version {FORMAT_VERSION}, or {PARTS_FORMAT_VERSION} with parts); upgrade tensorstore_ds",
             )
         try:
             n = doc["num_samples"]
             arrays = {check_name(k, path): ArraySpec.from_json(k, v, path) for k, v in _object(doc, "arrays").items()}
             text = {check_name(k, path): v["encoding"] for k, v in _object(doc, "text").items()}
-            parts = {k: _object(doc, k) for k in ("options", "source", "counts")}
+            sections = {k: _object(doc, k) for k in ("options", "source", "counts")}
         except StoreFormatError:  # a ValueError too, but already says what is wrong
             raise
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
@@ -165,16 +178,33 @@ class Manifest:
             size = entry.get("size") if isinstance(entry, dict) else None
             if type(size) is not int or size < 0 or not isinstance(entry.get("sha256"), str):
                 raise StoreFormatError(path, f"files entry {name!r} is {short_repr(entry)}, not a size and a sha256")
+        parts = _parts(doc, path, n) if version == PARTS_FORMAT_VERSION else []
         return cls(
             n,
             arrays,
             text,
             files=files,
+            parts=parts,
             format_version=version,
             library_version=_label(doc.get("library_version")),
             created=_label(doc.get("created")),
-            **parts,
+            **sections,
         )
+
+
+def _parts(doc: dict[str, Any], path: Path, num_samples: int) -> list[dict[str, Any]]:
+    """The validated part list of a store made of parts: safe paths, counts adding up to ``num_samples``."""
+    parts = doc["parts"]
+    if not isinstance(parts, list):
+        raise StoreFormatError(path, f"parts is {type(parts).__name__}, not a list")
+    for part in parts:
+        ok = isinstance(part, dict) and isinstance(part.get("path"), str) and isinstance(part.get("manifest_sha256"), str)
+        if not ok or any(type(part.get(k)) is not int or part[k] < 0 for k in ("num_samples", "rows_read")):
+            raise StoreFormatError(path, f"parts entry {short_repr(part)} lacks a path, counts or a manifest sha256")
+        check_name(part["path"], path)
+    if sum(p["num_samples"] for p in parts) != num_samples:
+        raise StoreFormatError(path, f"the parts hold {sum(p['num_samples'] for p in parts)} samples, not {num_samples}")
+    return parts
 
 
 def _label(value: Any) -> str:

@@ -113,6 +113,7 @@ class TensorStoreDataset(torch.utils.data.Dataset):
         self.stores = [
             p if isinstance(p, Store) else open_store(p, cache_dir, cache_limit, storage_options) for p in paths
         ]
+        self.stores = [q for s in self.stores for q in (s.parts or [s])]  # a store made of parts: its parts
         self.store = self.stores[0]
         self.path: Path | list[Path] = [s.path for s in self.stores] if self.several else self.store.path
         self.transform = transform

@@ -22,7 +22,7 @@ from typing import Any
 from ..errors import StoreError, StoreFormatError
 from ..format.hashing import hash_file
 from ..format.layout import write_bytes_atomic
-from ..format.manifest import MANIFEST, Manifest
+from ..format.manifest import MANIFEST, PARTS_DIR, Manifest
 from ..options import progress_disabled
 from .transfer import RETRIES, Remote, download
 
@@ -63,6 +63,9 @@ def pull(
     remote = Remote(url, storage_options)
     raw, manifest = remote.read_manifest()
     root = Path(dest)
+    if manifest.parts:
+        _pull_parts(remote, raw, manifest, root, workers, progress, retries, storage_options)
+        return manifest
     if _up_to_date(root, raw, manifest, remote.url):
         return manifest
     with _locked(root) as work:
@@ -70,6 +73,30 @@ def pull(
         write_bytes_atomic(root / MANIFEST, raw)
     shutil.rmtree(root / PULL_DIR, ignore_errors=True)
     return manifest
+
+
+def _pull_parts(
+    remote: Remote,
+    raw: bytes,
+    manifest: Manifest,
+    root: Path,
+    workers: int,
+    progress: bool,
+    retries: int,
+    storage_options: dict[str, Any] | None,
+) -> None:
+    """A store made of parts: each part pulled (and resumed) like a store, then the whole's manifest, last."""
+    if (root / MANIFEST).exists() and (root / MANIFEST).read_bytes() != raw:
+        raise StoreError(
+            f"{root} holds another store (its manifest is not that of {remote.url}); pull into a new directory"
+        )
+    if root.is_dir() and any(e.name not in (PARTS_DIR, MANIFEST) for e in root.iterdir()):
+        raise StoreError(f"{root} is not empty and is not an unfinished pull; pull into a new or empty directory")
+    for part in manifest.parts:
+        pull(remote.url_of(part["path"]), root / part["path"], workers, progress, retries, storage_options)
+        if hash_file(root / part["path"] / MANIFEST)[1] != part["manifest_sha256"]:
+            raise StoreFormatError(remote.url_of(part["path"]), "the part's manifest is not the one the store lists")
+    write_bytes_atomic(root / MANIFEST, raw)
 
 
 def _up_to_date(root: Path, raw: bytes, manifest: Manifest, url: str) -> bool:

@@ -37,12 +37,19 @@ class Store:
     files
         Where its files are (default: under ``path``); for a remote store,
         ``path`` is the local cache directory.
+    parts
+        A store made of parts (a sharded conversion committed in object
+        storage): the part stores, in sample order. Serve it with
+        ``TensorStoreDataset`` (one dataset) or read ``store.parts``.
     """
 
-    def __init__(self, path: Path, manifest: Manifest, files: StoreFiles | None = None) -> None:
+    def __init__(
+        self, path: Path, manifest: Manifest, files: StoreFiles | None = None, parts: list[Store] | None = None
+    ) -> None:
         self.path = path
         self.manifest = manifest
         self.files: StoreFiles = files if files is not None else LocalFiles(path)
+        self.parts: list[Store] = list(parts or [])
         self._arrays: dict[str, ChunkedArray] = {}
         self._text: dict[str, TextColumn] = {}
 
@@ -70,9 +77,18 @@ class Store:
     def array(self, name: str) -> ChunkedArray:
         """A per-sample array (``images``, ``audio``, ``image_size``, ...), memory-mapped."""
         name = MEDIA_FIELDS.get(name, name)
+        self._whole()
         if name not in self.manifest.arrays or name.startswith("text/"):
             raise FieldNotFoundError(self.location, "array", name, self.array_names)
         return self._chunked(name)
+
+    def _whole(self) -> None:
+        if self.parts:
+            raise StoreFormatError(
+                self.files.where(MANIFEST),
+                f"a store made of {len(self.parts)} parts has no arrays of its own: read store.parts[k], "
+                "or serve it whole with TensorStoreDataset",
+            )
 
     def _chunked(self, name: str) -> ChunkedArray:
         if name not in self._arrays:
@@ -102,6 +118,7 @@ class Store:
 
     def load_text(self, name: str) -> TextColumn:
         """Read a text column afresh, without keeping it in this object."""
+        self._whole()
         if name not in self.manifest.text:
             raise FieldNotFoundError(self.location, "text column", name, sorted(self.manifest.text))
         return _load_text(self, name)
@@ -119,6 +136,8 @@ class Store:
 
     def failures(self) -> list[dict[str, Any]]:
         """Every failed source row: ``row``, ``key``, ``reason``, ``detail``."""
+        if self.parts:
+            return [f for part in self.parts for f in part.failures()]
         if not self.files.exists(FAILURES):
             return []
         path = self.files.path(FAILURES)
@@ -141,6 +160,8 @@ class Store:
         """Unmap every mapped chunk."""
         for array in self._arrays.values():
             array.close()
+        for part in self.parts:
+            part.close()
 
     @cached_property
     def nbytes(self) -> int:
@@ -189,8 +210,42 @@ def open_store(
     else:
         files = LocalFiles(local_path(path))
         manifest = Manifest.read(files.root)
+    if manifest.parts:
+        return Store(
+            files.root, manifest, files, _open_parts(path, manifest, files, cache_dir, cache_limit, storage_options)
+        )
     _check_store(manifest, files)
     return Store(files.root, manifest, files)
+
+
+def _open_parts(
+    path: str | os.PathLike[str],
+    manifest: Manifest,
+    files: StoreFiles,
+    cache_dir: str | os.PathLike[str] | None,
+    cache_limit: int | str | None,
+    storage_options: dict[str, Any] | None,
+) -> list[Store]:
+    """The parts of a store made of parts, each opened, checked, and matched against the pinned manifest."""
+    from ..format.hashing import hash_file
+
+    parts = []
+    for entry in manifest.parts:
+        where = f"{os.fspath(path).rstrip('/')}/{entry['path']}" if is_url(path) else files.root / entry["path"]
+        part_cache = None if cache_dir is None else Path(cache_dir) / entry["path"]
+        part = open_store(where, part_cache, cache_limit, storage_options)
+        if part.parts or hash_file(part.files.root / MANIFEST)[1] != entry["manifest_sha256"]:
+            part.close()
+            raise StoreFormatError(
+                files.where(MANIFEST),
+                f"part {entry['path']} is not the store this manifest lists (its manifest differs)",
+            )
+        if len(part) != entry["num_samples"]:
+            raise StoreFormatError(
+                files.where(MANIFEST), f"part {entry['path']} has {len(part)} samples, not {entry['num_samples']}"
+            )
+        parts.append(part)
+    return parts
 
 
 def is_url(path: str | os.PathLike[str]) -> bool:

@@ -73,6 +73,10 @@ def verify(
         return verify_url(os.fspath(path), progress, threads, storage_options)
     root = Path(path)
     manifest = Manifest.read(root)
+    if manifest.parts:  # a store made of parts (pulled from object storage): every part, in full
+        from .verify_remote import verify_local_parts
+
+        return verify_local_parts(root, manifest, progress, threads)
     report = VerifyReport(str(root))
     expected = manifest.files
     present = set(store_files(root))

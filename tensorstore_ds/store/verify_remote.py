@@ -1,4 +1,4 @@
-"""``verify URL``: every byte of a store at a URL, re-read and compared with its manifest.
+"""``verify URL``, and stores made of parts: every byte re-read and compared with the manifests.
 
 Each file the manifest lists is streamed (ranged reads of
 :data:`~tensorstore_ds.store.transfer.BLOCK` bytes, several files at once) and
@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError, StoreFormatError
-from ..format.manifest import MANIFEST
+from ..format.manifest import MANIFEST, PARTS_DIR, Manifest
 from ..options import progress_disabled
 from .transfer import BLOCK, Remote
 from .verify import VerifyReport
@@ -35,6 +36,9 @@ def verify_url(
     report = VerifyReport(remote.url)
     listed = _listing(remote)
     expected = manifest.files
+    if manifest.parts:
+        listed = {n: size for n, size in listed.items() if n in expected} if listed is not None else None
+        _verify_parts(remote, manifest.parts, report, progress, threads, storage_options)
     if listed is not None:
         for name in sorted(set(listed) - set(expected) - {MANIFEST}):
             if not name.startswith(IGNORED_PREFIXES):
@@ -65,9 +69,25 @@ def verify_url(
             report.problems.append((name, "altered", f"sha256 {digest[:12]}..., expected {entry['sha256'][:12]}..."))
         report.bytes += size
     _check_structure(remote, report, storage_options)
-    report.checked = len(expected)
+    report.checked += len(expected)
     report.problems.sort()
     return report
+
+
+def _verify_parts(
+    remote: Remote,
+    parts: list[dict[str, Any]],
+    report: VerifyReport,
+    progress: bool,
+    threads: int,
+    storage_options: dict[str, Any] | None,
+) -> None:
+    """Every part of a store made of parts, verified in full; problems named by their path in the whole."""
+    for part in parts:
+        sub = verify_url(remote.url_of(part["path"]), progress, threads, storage_options)
+        report.problems += [(f"{part['path']}/{name}", kind, detail) for name, kind, detail in sub.problems]
+        report.checked += sub.checked
+        report.bytes += sub.bytes
 
 
 def _listing(remote: Remote) -> dict[str, int] | None:
@@ -115,3 +135,23 @@ def _check_structure(remote: Remote, report: VerifyReport, storage_options: dict
         except StoreError as exc:
             if not any(kind == "altered" for _, kind, _ in report.problems):
                 report.problems.append((MANIFEST, "inconsistent", str(exc)))
+
+
+def verify_local_parts(root: Path, manifest: Manifest, progress: bool, threads: int) -> VerifyReport:
+    """A local store made of parts: each part verified in full, and each part's manifest against its pin."""
+    from ..format.hashing import hash_file
+    from .verify import verify
+
+    report = VerifyReport(str(root))
+    for part in manifest.parts:
+        sub = verify(root / part["path"], progress, threads)
+        report.problems += [(f"{part['path']}/{name}", kind, detail) for name, kind, detail in sub.problems]
+        report.checked += sub.checked
+        report.bytes += sub.bytes
+        if hash_file(root / part["path"] / MANIFEST)[1] != part["manifest_sha256"]:
+            report.problems.append((f"{part['path']}/{MANIFEST}", "altered", "not the manifest the store lists"))
+    for entry in root.iterdir():
+        if entry.name not in (PARTS_DIR, MANIFEST):
+            report.problems.append((entry.name, "unexpected", "not listed in the manifest"))
+    report.problems.sort()
+    return report

@@ -3,6 +3,11 @@
 Each task converts shard ``K`` of ``N`` with :func:`~tensorstore_ds.conversion.run.convert_rows`
 into ``OUT/.shards/K-of-N`` (see :mod:`~tensorstore_ds.conversion.shards`);
 Dask retries a task whose worker is lost, and a retried shard resumes.
+
+Progress: the client shows one bar over the shards, completed in any order,
+with the samples converted and failed so far (counted as each shard finishes:
+the tasks themselves run without bars). As for every bar, ``progress=None``
+shows it only when stderr is a terminal.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import os
 from typing import Any
 
 from ..format.manifest import Manifest
+from ..options import progress_disabled
 from .options import ConvertOptions
 from .run import convert_rows
 from .shards import commit, shard_dir
@@ -53,18 +59,34 @@ def convert_on_dask(source: Any, out: str | os.PathLike[str], opts: ConvertOptio
             retries=2,
             pure=False,
         )
-        client.gather(futures)
+        _gather_with_progress(futures, opts.progress)
     finally:
         if own:
             client.close()
-    return commit(out, progress=opts.progress, storage_options=opts.storage_options)
+    return commit(out, progress=opts.progress)
 
 
-def _shard_task(source: Any, out: str, shard: tuple[int, int], opts: ConvertOptions) -> int:
-    from ..store.store import is_url
+def _gather_with_progress(futures: list[Any], progress: bool | None) -> None:
+    """Wait for every shard task, updating a bar as each finishes; the first error is raised."""
+    from distributed import as_completed
+    from tqdm.auto import tqdm
 
-    if is_url(out) and opts.scratch_dir is None:  # into object storage: scratch on the worker's own disk
-        from distributed import get_worker
+    samples = failed = 0
+    with tqdm(
+        total=len(futures),
+        unit="shard",
+        desc="converting shards",
+        disable=progress_disabled(progress),
+        dynamic_ncols=True,
+    ) as bar:
+        for future in as_completed(futures):
+            converted, rejected = future.result()
+            samples, failed = samples + converted, failed + rejected
+            bar.set_postfix({"samples": samples, "failed": failed}, refresh=False)
+            bar.update(1)
 
-        opts = dataclasses.replace(opts, scratch_dir=os.path.join(get_worker().local_directory, "tensorstore_ds"))
-    return convert_rows(source, shard_dir(out, *shard), opts, shard=shard).num_samples
+
+def _shard_task(source: Any, out: str, shard: tuple[int, int], opts: ConvertOptions) -> tuple[int, int]:
+    """Convert one shard; return its samples converted and failed."""
+    manifest = convert_rows(source, shard_dir(out, *shard), opts, shard=shard)
+    return manifest.num_samples, int(manifest.counts.get("failed", 0))

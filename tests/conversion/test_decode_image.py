@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image, ImageFilter, ImageOps, JpegImagePlugin, features
 
 from tensorstore_ds.conversion.decode.image import RESIZE_MODES, ImageOptions, decode_image
+from tensorstore_ds.conversion.decode.resize import DRAFT_MARGIN
 from tensorstore_ds.errors import DecodeError
 
 SMALL = ImageOptions(size=32)
@@ -204,9 +206,9 @@ def test_draft_request_accounts_for_rotation(monkeypatch: pytest.MonkeyPatch) ->
     options = ImageOptions(size=100, resize="center-crop")
     pixels, orig = decode_image(data, options)
     assert orig == (2000, 500)
-    # displayed: short side 500 -> 100, so 100 x 400 displayed = 400 x 100 stored
-    assert requests[0] == (400, 100)
-    assert requests[1][0] >= 400 and requests[1][1] >= 100
+    # displayed: short side 500 -> 100, so 100 x 400 displayed = 400 x 100 stored, times the margin
+    assert requests[0] == (math.ceil(400 * DRAFT_MARGIN), math.ceil(100 * DRAFT_MARGIN))
+    assert requests[1][0] >= 400 * DRAFT_MARGIN and requests[1][1] >= 100 * DRAFT_MARGIN
     full, _ = decode_image(data, ImageOptions(size=100, resize="center-crop", draft=False))
     assert np.abs(pixels.astype(float) - full).mean() < 1.0
 

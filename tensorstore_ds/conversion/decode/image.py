@@ -3,32 +3,15 @@
 Pipeline: ``Image.open`` -> size check -> EXIF orientation -> JPEG draft ->
 mode conversion -> orientation transpose -> LANCZOS resize -> ``np.asarray``.
 
-Mode rules
-----------
-Whatever Pillow opens, the output is RGB:
-
-* ``RGB`` is kept as is.
-* ``L``, ``1``, ``P`` without transparency, ``CMYK``, ``YCbCr``, ``LAB``,
-  ``HSV`` (and any other mode Pillow converts) go through ``convert("RGB")``.
-  ``L`` and ``1`` are resized as one channel and expanded to RGB afterwards.
-* ``RGBA``, ``LA``, ``PA``, ``RGBa``, ``La``, ``P`` with transparency
-  (``info["transparency"]`` or an RGBA palette), and ``L``/``RGB`` with a
-  transparent colour key are alpha-composited onto a **white** background.
-* 16-bit and 32-bit integer modes (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``,
-  ``I``, e.g. 16-bit grayscale PNG or TIFF) are clipped to 0..65535 and scaled
-  to 8 bit as ``round(value / 257)``, so 65535 -> 255 and 32896 -> 128 (Pillow's
-  own conversion would clip, saturating everything above 255).
-* ``F`` (float) is clipped to 0..255 and rounded; NaN becomes 0.
-* Animated files (GIF, WebP, APNG) give their first frame.
-
-EXIF orientation is applied, and the reported original size is the size after
-orientation. JPEG files are decoded with DCT scaling (``Image.draft``) to the
-smallest scale (1/2, 1/4 or 1/8) that still covers, in both dimensions, the
-region the final resize reads at its resolution (rotations by EXIF orientation
-5-8 are accounted for). The 1/8 scale, which keeps only each 8x8 block's mean,
-is used only when the result is still twice that size. On photo-like content
-this stays under one grey level of mean absolute difference from a full
-decode (see ``tools/bench_decode.py``).
+Mode rules and resizing
+-----------------------
+Whatever Pillow opens becomes RGB by the rules of
+:mod:`~tensorstore_ds.conversion.decode.pillow_modes` (alpha composited on
+white, 16-bit scaled, first frame of animations). EXIF orientation is applied,
+and the reported original size is the size after orientation. JPEG files are
+decoded with DCT scaling (``Image.draft``) and resized by LANCZOS under the
+rules of :mod:`~tensorstore_ds.conversion.decode.resize`, which explains the
+draft scale margin and its cost.
 
 Failures
 --------
@@ -57,7 +40,6 @@ from __future__ import annotations
 
 import functools
 import io
-import math
 import numbers
 import os
 import re
@@ -71,24 +53,13 @@ import numpy as np
 from PIL import Image
 
 from ...errors import DecodeError, OptionsError
+from .pillow_modes import image_from_array, oriented_rgb_or_l
+from .resize import draft_request, resize
 
 RESIZE_MODES = ("squash", "center-crop", "pad")
 
 ImageSource = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]", np.ndarray]
 
-_WHITE = (255, 255, 255)
-_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
-_DIRECT_MODES = frozenset({"RGB", "L"})
-_WIDE_INT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
-_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 _EXIF_ORIENTATION = 0x0112
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CRC_BLOCK = 2**20
@@ -130,7 +101,9 @@ class ImageOptions:
         their pixels are decoded.
     draft
         Let JPEG decoding scale by 1/2, 1/4 or 1/8 (DCT scaling) when the
-        output is small enough; much faster, visually identical.
+        output is small enough, with the margin of
+        :mod:`~tensorstore_ds.conversion.decode.resize`: much faster, within
+        one grey level of a full decode on average.
     """
 
     size: int = 224
@@ -184,8 +157,8 @@ def decode_image(source: ImageSource, options: ImageOptions) -> tuple[np.ndarray
     else:
         im, orientation, orig_size = _open(source, options)
     try:
-        rgb = _oriented_rgb_or_l(im, orientation)
-        out = _resize(rgb, options.size, options.resize)
+        rgb = oriented_rgb_or_l(im, orientation)
+        out = resize(rgb, options.size, options.resize)
         pixels = np.asarray(out if out.mode == "RGB" else out.convert("RGB"))
     except _LIBRARY_ERRORS as exc:
         raise _undecodable(exc) from exc
@@ -202,7 +175,9 @@ def _undecodable(exc: BaseException) -> DecodeError:
     return DecodeError("undecodable-image", f"{type(exc).__name__}: {detail}")
 
 
-def _open(source: bytes | str | os.PathLike[str], options: ImageOptions) -> tuple[Image.Image, int, tuple[int, int]]:
+def _open(
+    source: bytes | bytearray | memoryview | str | os.PathLike[str], options: ImageOptions
+) -> tuple[Image.Image, int, tuple[int, int]]:
     """Open and load: the image, its EXIF orientation and its oriented (height, width)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
@@ -291,7 +266,7 @@ def _prepare(im: Image.Image, options: ImageOptions) -> int:
         )
     orientation = _orientation(im)
     if options.draft and im.format in ("JPEG", "MPO"):
-        im.draft("RGB", _draft_request(width, height, orientation, options))
+        im.draft("RGB", draft_request(width, height, orientation, options.size, options.resize))
     return orientation
 
 
@@ -302,157 +277,3 @@ def _orientation(im: Image.Image) -> int:
     except _LIBRARY_ERRORS:  # a broken EXIF block must not lose the image
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
-
-
-def _draft_request(width: int, height: int, orientation: int, options: ImageOptions) -> tuple[int, int]:
-    """Size to ask ``Image.draft`` for: the needed size, doubled when 1/8 would be used.
-
-    Pillow picks the largest DCT scale (1/2, 1/4, 1/8) that keeps the decoded
-    image at least as large as the request. The 1/8 scale keeps only each 8x8
-    block's mean (a box filter), which is visibly blurrier than LANCZOS when the
-    remaining reduction is small, so it is only used with a 2x margin.
-    """
-    need_w, need_h = _needed_size(width, height, orientation, options)
-    if min(width // need_w, height // need_h) >= 8:
-        return 2 * need_w, 2 * need_h
-    return need_w, need_h
-
-
-def _needed_size(width: int, height: int, orientation: int, options: ImageOptions) -> tuple[int, int]:
-    """Smallest stored-image size that still covers what the final resize reads.
-
-    Computed in displayed (oriented) coordinates and swapped back for
-    orientations 5-8, which rotate by 90 degrees.
-    """
-    w, h = (height, width) if orientation >= 5 else (width, height)
-    size = options.size
-    if options.resize == "squash":
-        nw, nh = size, size
-    else:
-        side = min(w, h) if options.resize == "center-crop" else max(w, h)
-        scale = size / side
-        nw, nh = max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))
-    return (nh, nw) if orientation >= 5 else (nw, nh)
-
-
-def _oriented_rgb_or_l(im: Image.Image, orientation: int) -> Image.Image:
-    """Apply the mode rules (result ``RGB`` or ``L``) and the EXIF orientation."""
-    im = _to_rgb_or_l(im)
-    if orientation != 1:
-        im = im.transpose(_TRANSPOSE[orientation])
-    return im
-
-
-def _to_rgb_or_l(im: Image.Image) -> Image.Image:
-    mode = im.mode
-    if mode in _WIDE_INT_MODES or mode == "F":
-        return _wide_to_l(im)
-    if _has_alpha(im):
-        return _on_white(im)
-    if mode in _DIRECT_MODES:
-        return im
-    if mode == "1":
-        return im.convert("L")
-    return im.convert("RGB")
-
-
-def _has_alpha(im: Image.Image) -> bool:
-    if im.mode in _ALPHA_MODES or "transparency" in im.info:
-        return True
-    return im.mode == "P" and im.palette is not None and im.palette.mode.endswith("A")
-
-
-def _on_white(im: Image.Image) -> Image.Image:
-    """Alpha-composite onto a white background."""
-    if im.mode == "La":
-        im = im.convert("LA")
-    rgba = im if im.mode == "RGBA" else im.convert("RGBA")
-    background = Image.new("RGB", rgba.size, _WHITE)
-    background.paste(rgba, mask=rgba.getchannel("A"))
-    return background
-
-
-def _wide_to_l(im: Image.Image) -> Image.Image:
-    """16/32-bit integer or float pixels to 8-bit ``L`` (key transparency composited)."""
-    values = np.asarray(im)
-    if im.mode == "F":
-        eight = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
-        eight = np.rint(np.clip(eight, 0.0, 255.0)).astype(np.uint8)
-    else:
-        eight = _scale_16_to_8(values)
-    key = im.info.get("transparency")
-    if isinstance(key, int) and im.mode != "F":
-        alpha = np.where(values == key, 0, 255).astype(np.uint8)
-        return _on_white(Image.fromarray(np.stack([eight, alpha], axis=-1), "LA"))
-    return Image.fromarray(eight, "L")
-
-
-def _scale_16_to_8(values: np.ndarray) -> np.ndarray:
-    """``round(clip(v, 0, 65535) / 257)`` as uint8, in integer arithmetic."""
-    wide = np.clip(values, 0, 65535).astype(np.uint32, copy=False)
-    return ((wide + 128) // 257).astype(np.uint8)
-
-
-def image_from_array(array: np.ndarray) -> Image.Image:
-    """Turn a decoded pixel array into an ``L``, ``RGB`` or ``RGBA`` image.
-
-    Parameters
-    ----------
-    array
-        ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)`` of uint8,
-        uint16 (scaled by ``round(v / 257)``) or float (read as 0..1, scaled by
-        255, rounded and clipped). Four channels are RGBA; the caller's mode
-        rules composite them on white.
-
-    Returns
-    -------
-    Image.Image
-        The image, sharing no memory with ``array``.
-
-    Raises
-    ------
-    DecodeError
-        ``bad-array`` for other dtypes or shapes, empty arrays, NaN or inf.
-    """
-    shape = array.shape
-    if array.ndim == 3 and shape[2] == 1:
-        array = array[:, :, 0]
-    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
-        raise DecodeError("bad-array", f"expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {shape}")
-    if array.shape[0] == 0 or array.shape[1] == 0:
-        raise DecodeError("bad-array", f"the array has no pixels: shape {shape}")
-    eight = _array_to_uint8(array)
-    mode = "L" if eight.ndim == 2 else ("RGB" if eight.shape[2] == 3 else "RGBA")
-    return Image.fromarray(np.ascontiguousarray(eight), mode)
-
-
-def _array_to_uint8(array: np.ndarray) -> np.ndarray:
-    kind = array.dtype
-    if kind == np.uint8:
-        return array
-    if kind == np.uint16:
-        return _scale_16_to_8(array)
-    if np.issubdtype(kind, np.floating):
-        if not np.isfinite(array).all():
-            raise DecodeError("bad-array", "the float array holds NaN or inf")
-        clipped = np.clip(array, 0.0, 1.0).astype(np.float32)  # before the cast: 1e300 would overflow
-        return np.rint(clipped * np.float32(255.0)).astype(np.uint8)
-    raise DecodeError("bad-array", f"unsupported dtype {kind}; use uint8, uint16 or float")
-
-
-def _resize(im: Image.Image, size: int, rule: str) -> Image.Image:
-    """Resize an ``L`` or ``RGB`` image to ``size x size`` by ``rule``."""
-    lanczos = Image.Resampling.LANCZOS
-    width, height = im.size
-    if rule == "squash":
-        return im.resize((size, size), lanczos)
-    if rule == "center-crop":
-        side = min(width, height)
-        left, top = (width - side) / 2, (height - side) / 2
-        return im.resize((size, size), lanczos, box=(left, top, left + side, top + side))
-    scale = size / max(width, height)
-    new_w = min(size, max(1, round(width * scale)))
-    new_h = min(size, max(1, round(height * scale)))
-    canvas = Image.new(im.mode, (size, size), 0)
-    canvas.paste(im.resize((new_w, new_h), lanczos), ((size - new_w) // 2, (size - new_h) // 2))
-    return canvas

@@ -1,0 +1,111 @@
+"""Fit a decoded image to ``size x size``: the JPEG draft scale, then one LANCZOS resize.
+
+Where the time goes
+-------------------
+Pillow's LANCZOS resize costs about six multiply-adds per channel for every
+pixel it reads, so on a photo it costs more than decoding the JPEG. Decoding
+with DCT scaling (``Image.draft``: 1/2, 1/4 or 1/8) shrinks what the resize
+reads almost for free; what it cannot shrink is the entropy (Huffman)
+decoding, which is the same at every scale.
+
+The draft scale rule
+--------------------
+A scaled IDCT is a blurrier low-pass filter than LANCZOS. When the LANCZOS
+step after it is a small reduction (the decoded image barely larger than the
+output), the result is visibly softer than a full decode resized by LANCZOS:
+on detailed photos, a mean difference of 2 to 5 grey levels. So the draft
+keeps a margin: the largest DCT scale whose decoded image is still
+``DRAFT_MARGIN`` (1.25) times the size the final resize reads, in both
+dimensions (the displayed orientation is accounted for). The LANCZOS step
+then reduces by 1.25x to 2.5x. On photo-like JPEGs of mixed sizes this stays
+within one grey level of the full decode on average (``tools/bench_convert.py``
+prints the mean and the worst image); a larger margin buys little quality for
+much more resize work, a smaller one loses quality fast.
+
+Images the draft cannot shrink
+------------------------------
+Other formats (PNG, WebP, ...) are decoded at full size. Their resize first
+averages whole pixel blocks (Pillow's ``reducing_gap``: ``Image.reduce`` by
+an integer factor), keeping a LANCZOS reduction of at least ``REDUCING_GAP``
+(3) after it, which Pillow documents as almost indistinguishable from a
+LANCZOS resize of the full image, at a fraction of its cost on large images.
+"""
+
+from __future__ import annotations
+
+import math
+
+from PIL import Image
+
+DRAFT_MARGIN = 1.25
+REDUCING_GAP = 3.0
+
+
+def draft_request(width: int, height: int, orientation: int, size: int, rule: str) -> tuple[int, int]:
+    """Size to ask ``Image.draft`` for: what the resize reads, times ``DRAFT_MARGIN``.
+
+    Pillow picks the largest DCT scale (1/2, 1/4, 1/8) whose decoded image is
+    at least the requested size in both dimensions.
+
+    Parameters
+    ----------
+    width, height
+        The stored image's size.
+    orientation
+        Its EXIF orientation (5-8 rotate by 90 degrees).
+    size, rule
+        The output side and resize rule (see :func:`resize`).
+    """
+    need_w, need_h = needed_size(width, height, orientation, size, rule)
+    return math.ceil(need_w * DRAFT_MARGIN), math.ceil(need_h * DRAFT_MARGIN)
+
+
+def needed_size(width: int, height: int, orientation: int, size: int, rule: str) -> tuple[int, int]:
+    """Smallest stored-image size that still covers what the final resize reads.
+
+    Computed in displayed (oriented) coordinates and swapped back for
+    orientations 5-8, which rotate by 90 degrees.
+    """
+    w, h = (height, width) if orientation >= 5 else (width, height)
+    if rule == "squash":
+        nw, nh = size, size
+    else:
+        side = min(w, h) if rule == "center-crop" else max(w, h)
+        scale = size / side
+        nw, nh = max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))
+    return (nh, nw) if orientation >= 5 else (nw, nh)
+
+
+def resize(im: Image.Image, size: int, rule: str) -> Image.Image:
+    """Resize an ``L`` or ``RGB`` image to ``size x size``.
+
+    Parameters
+    ----------
+    im
+        The oriented image.
+    size
+        Output side.
+    rule
+        ``"squash"`` stretches the whole image; ``"center-crop"`` scales the
+        short side to ``size`` and keeps the centre; ``"pad"`` scales the long
+        side to ``size`` and centres the image on black.
+    """
+    width, height = im.size
+    if rule == "squash":
+        return _lanczos(im, (size, size))
+    if rule == "center-crop":
+        side = min(width, height)
+        left, top = (width - side) / 2, (height - side) / 2
+        return _lanczos(im, (size, size), (left, top, left + side, top + side))
+    scale = size / max(width, height)
+    new_w = min(size, max(1, round(width * scale)))
+    new_h = min(size, max(1, round(height * scale)))
+    canvas = Image.new(im.mode, (size, size), 0)
+    canvas.paste(_lanczos(im, (new_w, new_h)), ((size - new_w) // 2, (size - new_h) // 2))
+    return canvas
+
+
+def _lanczos(
+    im: Image.Image, size: tuple[int, int], box: tuple[float, float, float, float] | None = None
+) -> Image.Image:
+    return im.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=REDUCING_GAP)

@@ -48,13 +48,14 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import io
 import json
 import os
 import re
 import tarfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 from urllib.parse import urlsplit
 
 from ..errors import SampleError, SourceError
@@ -64,6 +65,7 @@ SHARD_SUFFIX = re.compile(r"\.(tar|tar\.gz|tgz)$", re.IGNORECASE)
 MEMBER_NAME = re.compile(r"^((?:.*/|)[^./][^./]*)\.([^/]+)$")  # key: up to the file name's first dot
 BRACE = re.compile(r"\{([^{}]*)\}")
 TEXT_EXTS = frozenset({"txt", "text", "caption", "cls", "url"})
+HTTP_TIMEOUT = 60.0  # seconds to connect, and without data while reading
 TRAILER_LIMIT = 1 << 20  # bytes read after the end-of-archive marker to check it is the end
 
 
@@ -192,11 +194,13 @@ class WebDatasetSource(Source):
         begin = first + start
         if stop is not None:
             end = first + stop if end is None else min(first + stop, end)
+        if end is not None and begin >= end:
+            return
         for index, row in enumerate(iter_rows(self.shards)):
-            if end is not None and index >= end:
-                return
             if index >= begin:
                 yield index - first, row
+            if end is not None and index + 1 >= end:  # not a row more: the next may not have arrived
+                return
 
 
 def iter_rows(shards: Sequence[str]) -> Iterator[dict[str, Any]]:
@@ -211,13 +215,52 @@ def _failure(reason: str, shard: str, detail: str) -> dict[str, Any]:
 
 
 def _open(shard: str) -> IO[bytes]:
+    """A shard's bytes as a sequential stream: a file, one streamed http(s) GET, or an fsspec file."""
     if "://" not in shard:
         return open(shard, "rb")
+    if shard.startswith(("http://", "https://")):
+        return cast(IO[bytes], _HTTPStream(shard))  # a raw stream: read() returns what has arrived
     import fsspec
 
-    options = {"block_size": 0} if shard.startswith(("http://", "https://")) else {}  # one streamed GET
-    opened: IO[bytes] = fsspec.open(shard, "rb", **options).open()
+    opened: IO[bytes] = fsspec.open(shard, "rb").open()
     return opened
+
+
+class _HTTPStream(io.RawIOBase):
+    """The body of one GET, read as it arrives.
+
+    ``read`` returns what has arrived (``read1``), so the bytes before a
+    connection breaks reach ``tarfile``, and the break is raised by the read after
+    them. The request is retried on 429/5xx and connection errors; a body that
+    breaks off is not (the rows before the break are kept, and the break recorded).
+    """
+
+    def __init__(self, url: str) -> None:
+        import urllib3
+
+        self.url = url
+        retries = urllib3.Retry(total=3, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504))
+        timeout = urllib3.Timeout(connect=HTTP_TIMEOUT, read=HTTP_TIMEOUT)
+        self._pool = urllib3.PoolManager(retries=retries, timeout=timeout)
+        self._response = self._pool.request("GET", url, preload_content=False, decode_content=True)
+        if self._response.status >= 400:
+            status = f"HTTP {self._response.status} {self._response.reason or ''}".strip()
+            self.close()
+            raise OSError(status)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._response.read1(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._response.release_conn()
+            self._pool.clear()
+        super().close()
 
 
 def _samples(shard: str) -> Iterator[tuple[str | None, dict[str, Any]]]:
@@ -231,7 +274,8 @@ def _samples(shard: str) -> Iterator[tuple[str | None, dict[str, Any]]]:
         tar = tarfile.open(fileobj=stream, mode="r|*")  # noqa: SIM115  # closed below, with the stream
     except Exception as exc:
         stream.close()
-        yield None, _failure("unreadable-shard", shard, f"is not a tar archive: {type(exc).__name__}: {exc}")
+        what = "is not a tar archive" if isinstance(exc, tarfile.ReadError) else "breaks off in its first member"
+        yield None, _failure("unreadable-shard", shard, f"{what}: {type(exc).__name__}: {exc}")
         return
     done, key, sample = 0, None, dict[str, bytes]()
     try:
@@ -240,12 +284,11 @@ def _samples(shard: str) -> Iterator[tuple[str | None, dict[str, Any]]]:
                 match = MEMBER_NAME.match(member.name) if member.isfile() else None
                 if match is None:
                     continue
-                data = tar.extractfile(member).read()  # type: ignore[union-attr]  # a file member has data
-                if match.group(1) != key and sample:
+                if match.group(1) != key and sample:  # before this member's data: it may not have come yet
                     yield key, sample
                     done, sample = done + 1, {}
                 key = match.group(1)
-                sample[match.group(2).lower()] = data
+                sample[match.group(2).lower()] = tar.extractfile(member).read()  # type: ignore[union-attr]
             problem = _end_problem(tar)
     except Exception as exc:
         problem = f"{type(exc).__name__}: {exc}"

@@ -19,11 +19,12 @@ from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from tensorstore_ds import ChunkShuffleSampler, TensorStoreDataset, collate, open_store
+from tensorstore_ds.serve.derived import pick
 from tests.httpserver import TestServer
 from tests.stores import CHUNK_BYTES, CHUNK_ROWS, build_image_store
 
 pytestmark = pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")  # torchdata 0.11 on torch >= 2.9
-BATCH = 3
+BATCH, SEED = 3, 11
 TAKEN = 3  # batches served before the checkpoint: 9 samples, inside a window of 2 chunks (8 samples)
 BUDGETS = {"ram": "1GiB", "paged": 4 * CHUNK_BYTES}  # paged: windows of 2 chunks
 
@@ -42,8 +43,8 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def job(path: Any, mode: str, workers: int, context: str | None, stateful: bool = True, **kw: Any) -> Any:
     """What a training job builds: dataset, sampler (epoch 1) and loader."""
-    ds = TensorStoreDataset(path, mode=mode, memory_budget=BUDGETS[mode], progress=False, **kw)
-    sampler = ChunkShuffleSampler(ds, seed=11)
+    ds = TensorStoreDataset(path, mode=mode, memory_budget=BUDGETS[mode], caption_choice="random", progress=False, **kw)
+    sampler = ChunkShuffleSampler(ds, seed=SEED)
     sampler.set_epoch(1)
     kind = StatefulDataLoader if stateful else DataLoader
     loader = kind(
@@ -58,15 +59,17 @@ def job(path: Any, mode: str, workers: int, context: str | None, stateful: bool 
     return ds, sampler, loader
 
 
-def indices(batches: Iterator[Any], expected: Any = None) -> list[list[int]]:
-    """Index lists of the batches; with ``expected`` (a store), also check the served images and captions."""
+def indices(batches: Iterator[Any], expected: Any = None, epoch: int = 1) -> list[list[int]]:
+    """Index lists of the batches; with ``expected`` (a store), also check the images and the epoch's captions."""
     out = []
     for batch in batches:
         out.append(batch["index"].tolist())
         if expected is not None:
-            images = expected.array("images")[np.asarray(out[-1])].transpose(0, 3, 1, 2)
-            np.testing.assert_array_equal(batch["image"].numpy(), images)
-            assert batch["caption"] == [expected.captions[i] for i in out[-1]]
+            idx = np.asarray(out[-1])
+            np.testing.assert_array_equal(batch["image"].numpy(), expected.array("images")[idx].transpose(0, 3, 1, 2))
+            lists = [expected.text("captions")[i] for i in out[-1]]
+            choice = pick(SEED, epoch, idx, np.array([len(c) for c in lists])).tolist()
+            assert batch["caption"] == [c[k] for c, k in zip(lists, choice)]
     return out
 
 
@@ -104,8 +107,8 @@ def test_stateful_loader_resumes_with_the_next_batch(
     after = indices(iter(loader2), open_store(store))
     assert after == reference
     check_once(before, after, len(ds2))
-    sampler2.set_epoch(2)  # the next epoch is whole
-    assert sorted(i for b in indices(iter(loader2)) for i in b) == list(range(len(ds2)))
+    sampler2.set_epoch(2)  # the next epoch is whole, and its captions are picked anew (in the same workers)
+    assert sorted(i for b in indices(iter(loader2), open_store(store), epoch=2) for i in b) == list(range(len(ds2)))
     ds2.close()
 
 

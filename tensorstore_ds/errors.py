@@ -358,6 +358,29 @@ class DecoderStartError(TensorStoreDSError, RuntimeError):
         )
 
 
+class AudioFormatError(TensorStoreDSError, RuntimeError):
+    """The source's audio is in a format no decoder here reads; found before any row is decoded.
+
+    Parameters
+    ----------
+    fmt
+        The format (``"MP3"``, ``"M4A/AAC"``...).
+    key
+        The sample it was first seen in.
+    why
+        Why it cannot be read here (the libsndfile version, a missing PyAV).
+    fix
+        What to install.
+    """
+
+    def __init__(self, fmt: str, key: str, why: str, fix: str) -> None:
+        self.format = fmt
+        self.key = key
+        self.why = why
+        self.fix = fix
+        super().__init__(f"the source's audio is {fmt} (first seen in {key}), which {why}; {fix}")
+
+
 # --- object storage --------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ from ..options import progress_disabled
 from ..store.store import is_url
 from .columns import ColumnPlan, captions_of, cast_media_features, clip_of, kept_of, media_of, plan_columns
 from .decode import decode_sample
+from .decode.formats import check_audio_formats
 from .fetch import Fetcher
 from .hosts import CIRCUIT_OPEN
 from .options import ConvertOptions
@@ -137,6 +138,9 @@ def _run(
 ) -> None:
     from tqdm.auto import tqdm
 
+    if columns.media == "audio":  # stop before decoding when no decoder here reads the source's audio format
+        rows = (values for _, values in src.rows(writer.next_row, opts.limit))
+        check_audio_formats(rows, lambda values: media_of(values, columns, src.base_dir))
     stop = opts.limit
     total = src.num_rows if stop is None else (min(stop, src.num_rows) if src.num_rows is not None else stop)
     workers = (os.cpu_count() or 1) if opts.workers is None else opts.workers

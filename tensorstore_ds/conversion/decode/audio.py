@@ -48,15 +48,17 @@ import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Union, cast
 
 import numpy as np
 import soundfile as sf
 import soxr
 
 from ...errors import DecodeError, OptionsError
+from . import containers
 
 RESAMPLERS = ("soxr", "resampy")
+AV_HINT = "PyAV reads M4A/AAC, WebM/Opus, MP4 and the other formats FFmpeg reads: pip install av"
 
 AudioSource = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]", Mapping[str, Any]]
 Clip = tuple[float | None, float | None]
@@ -208,27 +210,31 @@ def _load(source: AudioSource, options: AudioOptions, clip: Clip | None) -> tupl
         if source.get("array") is not None:
             return _from_array(source["array"], source.get("sampling_rate"), options, clip)
         payload = source.get("bytes")
-        source = payload if payload is not None else source.get("path")
+        source = cast(AudioSource, payload if payload is not None else source.get("path"))  # None: refused below
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise DecodeError("empty-file", "the audio file has zero bytes")
-        fp: io.BytesIO | str = io.BytesIO(source)
+        encoded: bytes | bytearray | memoryview | str = source
     elif isinstance(source, (str, os.PathLike)):
-        fp = os.fspath(source)
-        if os.path.exists(fp) and not os.path.isfile(fp):  # a FIFO or a device would block or never end
-            raise DecodeError("undecodable-audio", f"{fp} is not a regular file")
-        if os.path.isfile(fp) and os.path.getsize(fp) == 0:
-            raise DecodeError("empty-file", f"{fp} has zero bytes")
+        encoded = os.fspath(source)
+        if os.path.exists(encoded) and not os.path.isfile(encoded):  # a FIFO or a device would block or never end
+            raise DecodeError("undecodable-audio", f"{encoded} is not a regular file")
+        if os.path.isfile(encoded) and os.path.getsize(encoded) == 0:
+            raise DecodeError("empty-file", f"{encoded} has zero bytes")
     else:
         raise DecodeError("undecodable-audio", f"cannot decode audio from {type(source).__name__}")
     try:
-        return _read_file(fp, options, clip)
+        return _read_file(encoded, options, clip)
     except DecodeError:
         raise
     except _LIBRARY_ERRORS as exc:
-        # libsndfile names in-memory files by their repr, whose address changes from run to run.
-        detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the audio bytes", str(exc))
-        raise DecodeError("undecodable-audio", f"{type(exc).__name__}: {detail}") from exc
+        raise DecodeError("undecodable-audio", _describe(exc)) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    """A library error as text; libsndfile names in-memory files by a repr that changes from run to run."""
+    detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the audio bytes", str(exc))
+    return f"{type(exc).__name__}: {detail}"
 
 
 def _check_rate(rate: int) -> None:
@@ -236,9 +242,15 @@ def _check_rate(rate: int) -> None:
         raise DecodeError("undecodable-audio", f"sampling rate {rate} Hz is outside 1..{_MAX_SAMPLE_RATE} Hz")
 
 
-def _read_file(fp: io.BytesIO | str, options: AudioOptions, clip: Clip | None) -> tuple[np.ndarray, int]:
-    """Read the needed frames of the clip window from an encoded file."""
-    with sf.SoundFile(fp) as f:
+def _read_file(
+    encoded: bytes | bytearray | memoryview | str, options: AudioOptions, clip: Clip | None
+) -> tuple[np.ndarray, int]:
+    """Read the needed frames of the clip window from an encoded file: soundfile, else PyAV."""
+    try:
+        f = sf.SoundFile(io.BytesIO(encoded) if not isinstance(encoded, str) else encoded)
+    except _LIBRARY_ERRORS as exc:
+        return _read_container(encoded, options, clip, exc)
+    with f:
         rate, total = f.samplerate, f.frames
         _check_rate(rate)
         if total <= 0:
@@ -254,6 +266,25 @@ def _read_file(fp: io.BytesIO | str, options: AudioOptions, clip: Clip | None) -
             raise DecodeError("clip-out-of-range", f"no samples at or after frame {start}")
         raise DecodeError("empty-audio", "the recording has no samples")
     return frames, rate
+
+
+def _read_container(
+    encoded: bytes | bytearray | memoryview | str, options: AudioOptions, clip: Clip | None, sf_error: BaseException
+) -> tuple[np.ndarray, int]:
+    """Read the clip window through PyAV, for what soundfile cannot open (see :mod:`.containers`)."""
+    if not containers.available():
+        raise DecodeError("undecodable-audio", f"soundfile cannot read it ({_describe(sf_error)}); {AV_HINT}")
+    begin_s, end_s = _clip_seconds(clip)
+    try:
+        audio = containers.ContainerAudio(encoded)
+    except DecodeError as exc:
+        raise DecodeError(exc.reason, f"soundfile cannot read it ({_describe(sf_error)}); {exc.detail}") from exc
+    with audio:
+        _check_rate(audio.rate)
+        if not 1 <= audio.channels <= _MAX_ARRAY_CHANNELS:
+            raise DecodeError("undecodable-audio", f"{audio.channels} channels is outside 1..{_MAX_ARRAY_CHANNELS}")
+        frames = audio.read(begin_s, end_s, _input_needed(options, audio.rate))
+    return _as_float32(frames), audio.rate
 
 
 def _from_array(array: Any, rate: Any, options: AudioOptions, clip: Clip | None) -> tuple[np.ndarray, int]:
@@ -305,16 +336,8 @@ def _window(total: int, rate: int, clip: Clip | None) -> tuple[int, int]:
     """Frame range ``[start, stop)`` of the clip window within ``total`` frames."""
     if clip is None:
         return 0, total
-    try:
-        start_s, end_s = (None if value is None else float(value) for value in clip)
-    except (TypeError, ValueError) as exc:
-        raise DecodeError("clip-out-of-range", f"clip {clip!r} is not two numbers: {exc}") from exc
-    if not all(value is None or math.isfinite(value) for value in (start_s, end_s)):
-        raise DecodeError("clip-out-of-range", f"clip {clip!r} is not finite")
-    begin = 0.0 if start_s is None else start_s
+    begin, end_s = _clip_seconds(clip)
     length_s = total / rate
-    if begin < 0 or (end_s is not None and end_s <= begin):
-        raise DecodeError("clip-out-of-range", f"clip {clip!r} is negative or empty")
     start = round(begin * rate)
     stop = total if end_s is None else min(total, round(end_s * rate))
     if start >= total or stop <= start:
@@ -323,6 +346,22 @@ def _window(total: int, rate: int, clip: Clip | None) -> tuple[int, int]:
             f"clip {clip!r} selects no samples of a {length_s:.3f} s recording",
         )
     return start, stop
+
+
+def _clip_seconds(clip: Clip | None) -> tuple[float, float | None]:
+    """The clip window as ``(begin_s, end_s or None)``, checked to be finite, non-negative and not empty."""
+    if clip is None:
+        return 0.0, None
+    try:
+        start_s, end_s = (None if value is None else float(value) for value in clip)
+    except (TypeError, ValueError) as exc:
+        raise DecodeError("clip-out-of-range", f"clip {clip!r} is not two numbers: {exc}") from exc
+    if not all(value is None or math.isfinite(value) for value in (start_s, end_s)):
+        raise DecodeError("clip-out-of-range", f"clip {clip!r} is not finite")
+    begin = 0.0 if start_s is None else start_s
+    if begin < 0 or (end_s is not None and end_s <= begin):
+        raise DecodeError("clip-out-of-range", f"clip {clip!r} is negative or empty")
+    return begin, end_s
 
 
 def _input_needed(options: AudioOptions, rate: int) -> int:

@@ -127,9 +127,10 @@ class ChunkShuffleSampler(Sampler[int]):
 
     @property
     def window(self) -> int:
-        """Chunks per shuffle window."""
-        if self._epoch_window is not None:
-            return self._epoch_window
+        """Chunks per shuffle window (a resumed epoch keeps its checkpoint's)."""
+        return self._epoch_window if self._epoch_window is not None else self._budget_window()
+
+    def _budget_window(self) -> int:
         chunks = math.ceil(self.num_samples / self.dataset.chunk_rows) or 1
         if self.window_chunks is not None:
             return self.window_chunks
@@ -222,5 +223,14 @@ class ChunkShuffleSampler(Sampler[int]):
             self._history, self._served = levels, 0
             log.info("tensorstore_ds: resuming epoch %d of %d ranks on %d", saved["epoch"], world, self.world_size)
         self.epoch, self._epoch_window = int(saved["epoch"]), int(saved["window"])
+        if self._epoch_window > self._budget_window():
+            log.warning(
+                "tensorstore_ds: the rest of epoch %d keeps its checkpoint's windows of %d chunks (the order "
+                "depends on them), more than this budget's %d: its reads are less local; later epochs use %d",
+                self.epoch,
+                self._epoch_window,
+                self._budget_window(),
+                self._budget_window(),
+            )
         self._start, self._pending = self._served, True
         self._tell_dataset()

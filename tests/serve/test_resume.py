@@ -184,7 +184,7 @@ def test_set_epoch_keeps_a_restored_position_only_for_its_epoch() -> None:
     assert len(list(resumed)) == 60
 
 
-def test_window_of_the_saved_epoch_is_kept() -> None:
+def test_window_of_the_saved_epoch_is_kept(caplog: pytest.LogCaptureFixture) -> None:
     """A new memory budget changes the window; the resumed epoch keeps its own, later epochs use the new one."""
     saved = FakeDataset(n=160, chunk_rows=8, mode="paged", budget=4000)
     sampler = ChunkShuffleSampler(saved, seed=6)
@@ -196,6 +196,13 @@ def test_window_of_the_saved_epoch_is_kept() -> None:
     assert list(resumed) == whole[50:]
     resumed.set_epoch(1)
     assert resumed.window == 20 != sampler.window == 2
+    assert not caplog.records
+    # The other way round (a RAM-mode checkpoint restored in paged mode): said, since reads are less local.
+    take(resumed, 5)
+    sampler.load_state_dict(resumed.state_dict())
+    assert "keeps its checkpoint's windows of 20 chunks (the order depends on them), more than this budget's 2" in (
+        caplog.text
+    )
 
 
 @pytest.mark.parametrize(

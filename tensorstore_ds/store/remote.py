@@ -99,12 +99,14 @@ class RemoteFiles:
         return self.remote.url_of(key)
 
     def exists(self, key: str) -> bool:
-        return key in self.manifest.files
+        return key == MANIFEST or key in self.manifest.files
 
     def path(self, key: str) -> Path:
-        """The cached file, downloaded and verified first if it is not there yet."""
+        """The cached file, downloaded and verified first if it is not there yet (the manifest always is)."""
         self._check_pid()
         path = self.root / key
+        if key == MANIFEST:
+            return path
         if self._cached(key, path):
             return path
         with self._lock:

@@ -4,6 +4,7 @@ manifest last, bounded scratch, resume after SIGKILL, one conversion per URL, an
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -167,3 +168,47 @@ def test_resume_after_sigkill(s3: S3, tmp_path: Path) -> None:
     assert stored == {n: b for n, b in tree_bytes(tmp_path / "local").items() if n != MANIFEST}
     assert manifest.num_samples == 39
     assert verify(url, progress=False, storage_options=storage).ok
+
+
+def test_uploads_survive_slow_down_and_dropped_connections(s3: S3, tmp_path: Path, fault_proxy: FaultProxy) -> None:
+    bucket, storage = s3
+    slow = fault_proxy.add("PUT", "images/c/2", "503", times=3)
+    drop = fault_proxy.add("PUT", "images/c/4", "drop", times=3)
+    src = source(tmp_path)
+    manifest = convert(src, f"{bucket}/f", **options(storage_options=fault_proxy.storage_options))
+    assert slow.hits == 3 and drop.hits == 3  # each retried (by the client, then by us) until it went through
+    assert verify(f"{bucket}/f", progress=False, storage_options=storage).ok
+    assert manifest.num_samples == 29
+
+
+def test_refused_credentials_and_a_missing_bucket(s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import moto.settings
+
+    from tensorstore_ds.errors import BucketNotFoundError, StoreAccessError
+
+    bucket, storage = s3
+    src = source(tmp_path)
+    with pytest.raises(BucketNotFoundError, match=r"the bucket 'missing-bucket' of s3://missing-bucket/s does not"):
+        convert(src, "s3://missing-bucket/s", **options(storage_options=storage))
+    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # the server now checks keys
+    with pytest.raises(StoreAccessError, match=rf"access to {bucket}/s was refused"):
+        convert(src, f"{bucket}/s", **options(storage_options=storage))
+
+
+def test_command_line_convert_info_verify(s3: S3, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tensorstore_ds.cli import main
+
+    bucket, storage = s3
+    flags = [
+        f"--storage-option=key={storage['key']}",
+        f"--storage-option=secret={storage['secret']}",
+        f"--storage-option=endpoint_url={storage['endpoint_url']}",
+    ]
+    url = f"{bucket}/cli"
+    argv = ["convert", str(source(tmp_path)), url, "--image-size", "16", "--chunk-mb", str(CHUNK_MB), "--workers", "0"]
+    assert main([*argv, "--quiet", *flags]) == 0
+    assert "29 samples converted, 1 failed" in capsys.readouterr().out
+    assert main(["info", url, "--json", *flags]) == 0
+    assert '"samples": 29' in capsys.readouterr().out
+    assert main(["verify", url, "--quiet", *flags]) == 0
+    assert re.search(r"store s3://.*/cli: all \d+ files verified", capsys.readouterr().out)

@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-OUTPUT_NAMES = {"images": "image"}
+from .ring import SlotHandle
 
 
-class Batch(Sequence):  # type: ignore[type-arg]
+class Batch(Sequence):
     """Rows gathered for a batch of indices.
 
     It is also a sequence of per-item dicts, so torch's ``default_collate``
@@ -28,8 +28,7 @@ class Batch(Sequence):  # type: ignore[type-arg]
     channels_last
         Serve images as (N, H, W, C) instead of a (N, C, H, W) view.
     slot
-        In a DataLoader worker, the shared ring slot the arrays live in:
-        ``(slot tensor, state tensor, slot number, bytes, layout)``.
+        In a DataLoader worker, the shared ring slot the arrays live in.
     """
 
     def __init__(
@@ -38,7 +37,7 @@ class Batch(Sequence):  # type: ignore[type-arg]
         arrays: dict[str, np.ndarray],
         text: dict[str, list[Any]],
         channels_last: bool = False,
-        slot: tuple[Any, ...] | None = None,
+        slot: SlotHandle | None = None,
     ) -> None:
         self.indices = indices
         self.arrays = arrays
@@ -58,10 +57,7 @@ class Batch(Sequence):  # type: ignore[type-arg]
         tensors are dropped). The batch's arrays are gone afterwards.
         """
         if self.slot is not None:
-            from .ring import FREE
-
-            _, state, s, _, _ = self.slot
-            state[s] = FREE
+            self.slot.release()
             self.slot = None
         self.arrays, self._tensors = {}, None
 
@@ -87,12 +83,13 @@ class Batch(Sequence):  # type: ignore[type-arg]
         return out
 
 
-class SharedBatch(dict):  # type: ignore[type-arg]
+class SharedBatch(dict):
     """A worker's batch: a dict of tensors that pickles as a handle to its ring slot.
 
     In the worker it is the usual dict. Sent to the main process it carries
-    only the slot's shared-memory handle, the layout and the text; the main
-    process rebuilds the same dict over the same memory, without a copy.
+    only the slot's :class:`~tensorstore_ds.serve.ring.SlotHandle` and the
+    text; the main process rebuilds the same dict over the same memory,
+    without a copy.
     """
 
     def __init__(self, batch: Batch) -> None:
@@ -105,13 +102,9 @@ class SharedBatch(dict):  # type: ignore[type-arg]
 
 
 def _rebuild_shared(
-    slot: tuple[Any, ...], indices: np.ndarray, text: dict[str, list[Any]], channels_last: bool
+    slot: SlotHandle, indices: np.ndarray, text: dict[str, list[Any]], channels_last: bool
 ) -> dict[str, Any]:
-    from .ring import carve, slot_view
-
-    memory, state, s, nbytes, layout = slot
-    arrays = carve(slot_view(memory, state, s, nbytes, release=True), layout)
-    return Batch(indices, arrays, text, channels_last).tensors()
+    return Batch(indices, slot.arrays(), text, channels_last).tensors()
 
 
 def collate(batch: Any) -> Any:

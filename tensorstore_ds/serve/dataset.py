@@ -38,7 +38,7 @@ from .fields import (
     select_fields,
 )
 from .part import StorePart, shared_nbytes
-from .ring import carve, layout_bytes, process_ring
+from .ring import SlotHandle, carve, layout_bytes, process_ring
 from .shm import free_bytes, shm_dir
 
 log = logging.getLogger("tensorstore_ds")
@@ -210,7 +210,7 @@ class TensorStoreDataset(torch.utils.data.Dataset):
         batch = Batch(idx, arrays, text, self.channels_last, slot)
         return item_of(batch, self.transform) if self.transform is not None else batch
 
-    def _gather(self, idx: np.ndarray) -> tuple[dict[str, np.ndarray], tuple[Any, ...] | None]:
+    def _gather(self, idx: np.ndarray) -> tuple[dict[str, np.ndarray], SlotHandle | None]:
         """Gather every array field into one ring slot (or new memory when the ring is full)."""
         layout = [(public_name(f), a.dtype.str, (len(idx), *a.shape[1:])) for f, a in self._arrays.items()]
         layout += self.audio_mask.layout(len(idx))
@@ -223,7 +223,7 @@ class TensorStoreDataset(torch.utils.data.Dataset):
         views = carve(ring.view(s, nbytes, release=not in_worker), layout)
         for f, a in self._arrays.items():
             a.take(idx, out=views[public_name(f)])
-        return self.audio_mask.fill(views), ((ring.slots[s], ring.state, s, nbytes, layout) if in_worker else None)
+        return self.audio_mask.fill(views), (ring.handle(s, nbytes, layout) if in_worker else None)
 
     def close(self) -> None:
         """Unmap paged chunks; RAM buffers go when the last reference does."""

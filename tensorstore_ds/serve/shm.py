@@ -103,7 +103,7 @@ def reap_orphans(directory: str) -> list[str]:
         if not name.startswith(PREFIX):
             continue
         pid = name[len(PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not alive(int(pid)):
             try:
                 os.unlink(os.path.join(directory, name))
                 reaped.append(name)
@@ -112,7 +112,8 @@ def reap_orphans(directory: str) -> list[str]:
     return reaped
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (of any user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -24,14 +24,16 @@ Resume levels
     one per world size the epoch has run with, where ``k`` is the samples
     each rank had served (ranks run in lockstep, so one number holds for all).
     A fresh epoch is one level over ``S = [0, n)``. Restoring with another
-    world size starts a new level whose ``S`` is what the previous level left
+    world size (or ``drop_last``) starts a new level whose ``S`` is what the previous level left
     unserved: ``S`` minus every position a rank served (padding repeats
     count as serving their sample), in ``S``'s order. The new level splits
     that remainder as above, so every sample not yet seen is served exactly
     once (plus at most ``W - 1`` repeats to keep ranks equal, or minus at most
     ``W - 1`` with ``drop_last``), and the remainder is still made of runs of
     ``O``: locality survives. Restoring with the same world size continues the
-    last level at ``k``: exactly the sample that would have come next.
+    last level at ``k``: exactly the sample that would have come next. The
+    rest of a resumed epoch keeps the checkpoint's ``window`` (``O`` depends
+    on it); the next epoch uses the restoring sampler's own.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageFilter, ImageOps, JpegImagePlugin, features
 
 from tensorstore_ds.conversion.decode.image import RESIZE_MODES, ImageOptions, decode_image
-from tensorstore_ds.conversion.decode.resize import DRAFT_MARGIN
+from tensorstore_ds.conversion.decode.resize import DRAFT_MARGIN, draft_request
 from tensorstore_ds.errors import DecodeError
 
 SMALL = ImageOptions(size=32)
@@ -426,3 +426,41 @@ def test_draft_matches_full_decode(width: int, height: int, resize: str) -> None
     assert orig == orig_full == (height, width)
     check_pixels(fast, 224)
     assert np.abs(fast.astype(float) - full).mean() < 1.0
+
+
+@functools.cache
+def detailed_photo(width: int, height: int) -> bytes:
+    """Fine texture over a coarse colour field, JPEG quality 90: where a draft without margin goes soft."""
+    rng = np.random.default_rng(width + height)
+    fine = Image.fromarray(rng.integers(0, 256, (height, width), np.uint8)).filter(ImageFilter.GaussianBlur(1.0))
+    coarse = Image.fromarray(rng.integers(0, 256, (height // 16 + 1, width // 16 + 1, 3), np.uint8))
+    coarse = coarse.resize((width, height), Image.Resampling.BICUBIC)
+    pixels = 0.5 * np.asarray(coarse, np.float32) + (np.asarray(fine, np.float32) - 128)[..., None] + 64
+    return encode(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), "JPEG", quality=90)
+
+
+@pytest.mark.parametrize("width, height", [(1200, 900), (2300, 2300)])  # draft 1/2 and 1/4 (not 1/8)
+def test_draft_margin_keeps_detailed_photos_within_one_level(width: int, height: int) -> None:
+    data = detailed_photo(width, height)
+    reference = Image.open(io.BytesIO(data)).convert("RGB").resize((224, 224), Image.Resampling.LANCZOS)
+    pixels, _ = decode_image(data, ImageOptions())
+    assert np.abs(pixels.astype(float) - np.asarray(reference)).mean() < 1.0
+    no_margin = Image.open(io.BytesIO(data))
+    no_margin.draft("RGB", (224, 224))
+    soft = no_margin.resize((224, 224), Image.Resampling.LANCZOS)
+    assert np.abs(np.asarray(soft, float) - np.asarray(reference)).mean() > 2.0  # what the margin is for
+
+
+@pytest.mark.parametrize(
+    "side, asked, decoded",
+    [
+        (1200, 280, 300),  # 1/4 leaves 300: at least 1.25 x 224
+        (2300, 448, 575),  # 1/8 would leave 288, under 2 x 224: 1/4
+        (4000, 448, 500),  # 1/8 leaves 500, over 2 x 224
+    ],
+)
+def test_eighth_scale_needs_the_larger_margin(side: int, asked: int, decoded: int) -> None:
+    assert draft_request(side, side, 1, 224, "squash") == (asked, asked)
+    im = Image.open(io.BytesIO(encode(Image.new("RGB", (side, side), (90, 120, 30)), "JPEG")))
+    im.draft("RGB", (asked, asked))
+    assert im.size == (decoded, decoded)

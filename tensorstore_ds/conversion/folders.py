@@ -17,8 +17,9 @@ A metadata row names its media file in ``file_name`` (or ``<name>_file_name``),
 relative to the directory that holds the metadata file; a URL or an absolute
 path is taken as it is. As Hugging Face does, the media column is called
 ``image`` or ``audio`` after the files' extensions (``<name>`` for
-``<name>_file_name``); ``file_name`` stays too, and both hold the file's path
-relative to ``FOLDER`` (the source's ``base_dir``), so the folder can move.
+``<name>_file_name``); ``file_name`` stays too, and both hold the file's
+absolute path, as the ``path`` of a Hugging Face Image/Audio column does (the
+failure record then names the file wherever it is).
 
 Metadata is read by the ``json``, ``csv`` and ``parquet`` builders of ``datasets``
 (memory-mapped Arrow in its cache). They have no Image or Audio features, so
@@ -150,14 +151,14 @@ def _read_metadata(meta: Path, root: Path, load_kwargs: dict[str, Any]) -> Any:
             f"{meta} has no 'file_name' column (or '<name>_file_name'); columns: {ds.column_names}; add one "
             f"naming each row's media file relative to {meta.parent}"
         )
-    prefix = meta.resolve().parent.relative_to(root).as_posix()
+    directory = str(meta.resolve().parent)
     aliases = {name: _alias(ds, name, meta) for name in names}
-    _check_files(ds, names, root, prefix, str(meta))
+    _check_files(ds, names, directory, str(meta))
     try:
         return ds.map(
             _resolve_batch,
             batched=True,
-            fn_kwargs={"prefix": "" if prefix == "." else prefix, "aliases": aliases},
+            fn_kwargs={"directory": directory, "aliases": aliases},
             desc=f"resolving file names of {meta.name}",
         )
     except Exception as exc:
@@ -190,12 +191,12 @@ def _relative_names(ds: Any, names: list[str]) -> Iterator[str]:
             yield from (v for v in column if v and "://" not in v)
 
 
-def _check_files(ds: Any, names: list[str], root: Path, prefix: str, meta: str) -> None:
+def _check_files(ds: Any, names: list[str], directory: str, meta: str) -> None:
     """Raise :class:`MediaFilesMissingError` when rows name files that do not exist."""
     missing: list[str] = []
     count = 0
     for name in _relative_names(ds, names):
-        if not os.path.isfile(root / prefix / name):  # an absolute name stays absolute
+        if not os.path.isfile(os.path.join(directory, name)):  # an absolute name stays absolute
             count += 1
             if len(missing) < MISSING_SHOWN:
                 missing.append(name)
@@ -203,12 +204,11 @@ def _check_files(ds: Any, names: list[str], root: Path, prefix: str, meta: str) 
         raise MediaFilesMissingError(meta, missing, count)
 
 
-def _resolve_batch(batch: dict[str, list[Any]], prefix: str, aliases: dict[str, str | None]) -> dict[str, list[Any]]:
-    """File names relative to the folder (URLs and absolute paths kept), under both names."""
+def _resolve_batch(batch: dict[str, list[Any]], directory: str, aliases: dict[str, str | None]) -> dict[str, list[Any]]:
+    """Absolute file paths (URLs kept), under the column's own name and its Hugging Face name."""
     out: dict[str, list[Any]] = {}
     for name, alias in aliases.items():
-        values = [v if not v or "://" in v or os.path.isabs(v) or not prefix else f"{prefix}/{v}" for v in batch[name]]
-        out[name] = values
+        out[name] = [os.path.normpath(os.path.join(directory, v)) if v and "://" not in v else v for v in batch[name]]
         if alias:
-            out[alias] = values
+            out[alias] = out[name]
     return out

@@ -113,8 +113,7 @@ def test_the_media_column_is_named_as_hugging_face_names_it(tmp_path: Path) -> N
     assert src.kind == "folder" and src.num_rows == 2
     assert src.columns == ["file_name", "caption", "audio"]
     rows = [row for _, row in src.rows(0, None)]
-    assert [r["audio"] for r in rows] == [r["file_name"] for r in rows]  # paths relative to the folder
-    assert [src.base_dir / r["audio"] for r in rows] == [p.resolve() for p, _ in made["test"]]
+    assert [r["audio"] for r in rows] == [r["file_name"] for r in rows] == [str(p.resolve()) for p, _ in made["test"]]
     manifest = convert(tmp_path / "sounds", tmp_path / "auto", split="test", **AUDIO)  # found without flags
     assert manifest.options["media_column"] == "audio"
     convert(tmp_path / "sounds", tmp_path / "by-file-name", split="test", audio_column="file_name", **AUDIO)
@@ -153,6 +152,23 @@ def test_flat_folder_with_nested_directories(tmp_path: Path, media: str) -> None
         open_source(folder, split="test")
 
 
+def test_image_column_image_on_a_flat_folder(tmp_path: Path) -> None:
+    """The issue measured ``image column 'image' is not in the source`` for a flat folder."""
+    folder = tmp_path / "flat"
+    paths = [write_image(folder / f"{i}.png", SIZE, SIZE, seed=i) for i in range(2)]
+    write_table(folder / "metadata.jsonl", {"file_name": ["0.png", "1.png"], "caption": ["a", "b"]})
+    assert main(["convert", str(folder), str(tmp_path / "out"), "--image-column", "image", *IMAGE_FLAGS]) == 0
+    check_store(tmp_path / "out", "image", list(zip(paths, ["a", "b"])))
+
+
+@pytest.mark.usefixtures("no_torchcodec")
+def test_the_guard_fails_a_test_when_datasets_decodes_audio(tmp_path: Path) -> None:
+    path = write_audio(tmp_path / "a.wav", 8000, 0.1)
+    ds = datasets.Dataset.from_dict({"audio": [str(path)]}).cast_column("audio", datasets.Audio())
+    with pytest.raises(pytest.fail.Exception, match="datasets tried to decode or encode media"):
+        ds[0]
+
+
 def test_nested_metadata_files_are_read_in_path_order(tmp_path: Path) -> None:
     """Each metadata file names files relative to its own directory; a split's files are concatenated."""
     root = tmp_path / "folder"
@@ -163,9 +179,7 @@ def test_nested_metadata_files_are_read_in_path_order(tmp_path: Path) -> None:
             pairs.append((path, f"{group} {i}"))
         write_table(root / "train" / group / "metadata.jsonl", {"file_name": ["img/0.png", "img/1.png"], "caption": [c for _, c in pairs[-2:]]})  # fmt: skip
     src = open_source(root)
-    assert [row["image"] for _, row in src.rows(0, None)] == [
-        "train/cats/img/0.png", "train/cats/img/1.png", "train/dogs/img/0.png", "train/dogs/img/1.png"
-    ]  # fmt: skip
+    assert [row["image"] for _, row in src.rows(0, None)] == [str(p.resolve()) for p, _ in pairs]
     convert(root, tmp_path / "out", **FAST)
     check_store(tmp_path / "out", "image", pairs)
 
@@ -178,7 +192,7 @@ def test_split_directories_by_hugging_face_keywords(tmp_path: Path) -> None:
         write_table(root / split_dir / "metadata.jsonl", {"file_name": ["x.png"], "caption": [split_dir]})
     for split in ("validation", "dev"):
         rows = [row for _, row in open_source(root, split=split).rows(0, None)]
-        assert [(r["image"], r["caption"]) for r in rows] == [("data/dev/x.png", "data/dev")]
+        assert [(r["image"], r["caption"]) for r in rows] == [(str((root / "data/dev/x.png").resolve()), "data/dev")]
     assert next(open_source(root).rows(0, 1))[1]["caption"] == "data/training"
     with pytest.raises(SplitNotFoundError, match=r"has no split 'test'; splits: \['train', 'validation'\]; choose"):
         open_source(root, split="test")
@@ -192,7 +206,8 @@ def test_file_name_prefixed_columns_and_urls(tmp_path: Path) -> None:
     write_table(root / "metadata.jsonl", {"photo_file_name": ["p/0.png", str(elsewhere), "http://127.0.0.1:9/x.png"], "caption": ["a", "b", "c"]})  # fmt: skip
     src = open_source(root)
     assert src.columns == ["photo_file_name", "caption", "photo"]
-    assert [row["photo"] for _, row in src.rows(0, None)] == ["p/0.png", str(elsewhere), "http://127.0.0.1:9/x.png"]
+    want = [str((root / "p/0.png").resolve()), str(elsewhere), "http://127.0.0.1:9/x.png"]
+    assert [row["photo"] for _, row in src.rows(0, None)] == want
 
 
 # --- clear errors of ours -------------------------------------------------------------------------------

@@ -195,6 +195,25 @@ def test_audio_shards(tmp_path: Path) -> None:
     assert store.text("ytid").take(range(3)) == ["id0", "id1", "id2"]
 
 
+def test_audio_containers_users_download(tmp_path: Path) -> None:
+    """yt-dlp's .m4a (AAC) and .webm (Opus) in shards: decoded by the PyAV fallback, read as bytes."""
+    pytest.importorskip("av")
+    from tests.conversion.test_audio_containers import encode
+
+    blobs = {"m4a": encode("m4a-aac", seconds=0.5), "webm": encode("webm-opus", seconds=0.5)}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for ext, blob in blobs.items():
+            add(tar, f"clip-{ext}.{ext}", blob)
+            add(tar, f"clip-{ext}.txt", f"a {ext} clip".encode())
+    (tmp_path / "yt.tar").write_bytes(buf.getvalue())
+    convert(str(tmp_path / "yt.tar"), tmp_path / "out", audio_column="audio", **AUDIO)
+    store = open_store(tmp_path / "out")
+    assert store.failures() == [] and store.captions.take(range(2)) == ["a m4a clip", "a webm clip"]
+    want = np.stack([decode_audio(b, AudioOptions(8000, 0.25))[0] for b in blobs.values()])
+    np.testing.assert_array_equal(np.asarray(store.array("audio")), want)
+
+
 # --- shards cut short ---------------------------------------------------------------------------------
 
 

@@ -157,3 +157,31 @@ def test_remote_store_resume_downloads_only_the_rest(store: Path, http_server: T
     assert chunks == rest  # every chunk of the rest, none of the skipped windows (no read-ahead of them)
     ds.close()
     ds2.close()
+
+
+@pytest.mark.parametrize("workers, every", [(2, 4), (2, 3), (0, 4)])
+def test_the_sampler_reads_a_loader_state_between_snapshots(workers: int, every: int) -> None:
+    """With snapshot_every_n_steps > 1 the loader's snapshot is older than its position: the sampler adds the rest."""
+    from tests.serve.test_sampler import FakeDataset
+
+    class Indices(FakeDataset):
+        def __getitem__(self, i: int) -> int:
+            return i
+
+    ds = Indices(n=100, chunk_rows=8)
+    context = "fork" if workers else None
+    loader = StatefulDataLoader(
+        ds,
+        batch_size=3,
+        sampler=ChunkShuffleSampler(ds, seed=1),
+        num_workers=workers,
+        snapshot_every_n_steps=every,
+        multiprocessing_context=context,
+    )
+    it = iter(loader)
+    [next(it) for _ in range(6)]
+    state = loader.state_dict()
+    reference = [b.tolist() for b in it]
+    sampler = ChunkShuffleSampler(ds, seed=1)
+    sampler.load_state_dict(state)
+    assert [b.tolist() for b in StatefulDataLoader(ds, batch_size=3, sampler=sampler)] == reference

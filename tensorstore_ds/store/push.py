@@ -71,6 +71,16 @@ def push(
     raw = (root / MANIFEST).read_bytes()
     check_file_entries(manifest, str(root / MANIFEST))
     remote = Remote(url, storage_options)
+    if manifest.parts:  # a store made of parts: each part pushed like a store, then the whole's manifest
+        existing = get_bytes(remote, MANIFEST, retries)
+        if existing is not None and existing != raw:
+            raise StoreError(
+                f"{remote.url} holds a different store (its manifest is not that of {root}); push elsewhere"
+            )
+        for part in manifest.parts:
+            push(root / part["path"], remote.url_of(part["path"]), workers, progress, retries, storage_options)
+        put_bytes(remote, MANIFEST, raw, retries)
+        return manifest
     tag = hashlib.sha256(raw).hexdigest()
     present = sizes(remote, retries)
     ledger_name = f"{PUSH_DIR}/{tag[:16]}.json"

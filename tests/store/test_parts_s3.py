@@ -19,6 +19,7 @@ from tensorstore_ds.errors import StoreError
 from tensorstore_ds.format.manifest import MANIFEST, PARTS_FORMAT_VERSION
 from tensorstore_ds.store import objects
 from tensorstore_ds.store.pull import pull
+from tensorstore_ds.store.push import push
 from tensorstore_ds.store.verify import verify
 from tests.s3server import FaultProxy
 from tests.store.test_convert_s3 import options, source
@@ -26,6 +27,12 @@ from tests.stores import assert_same_values, snapshot
 
 S3 = tuple[str, dict[str, Any]]
 ROWS = 45  # row 7 fails
+
+
+def main_info(url: str, storage: dict[str, Any]) -> dict[str, Any]:
+    from tensorstore_ds.store.info import info
+
+    return info(url, storage_options=storage)
 
 
 @pytest.fixture(autouse=True)
@@ -93,6 +100,12 @@ def test_job_array_parts_commit_without_copying(s3: S3, tmp_path: Path, fault_pr
         f.write(b"\xff")
     report = verify(tmp_path / "pulled", progress=False)
     assert [(n, kind) for n, kind, _ in report.problems] == [("parts/00002-of-00003/images/c/0/0/0/0", "altered")]
+    with open(tmp_path / "pulled/parts/00002-of-00003/images/c/0/0/0/0", "r+b") as f:
+        f.write(fs.cat_file(f"{root}/parts/00002-of-00003/images/c/0/0/0/0")[:1])  # repaired
+    push(tmp_path / "pulled", f"{bucket}/copy", progress=False, storage_options=storage)
+    assert verify(f"{bucket}/copy", progress=False, storage_options=storage).ok
+    info = main_info(f"{bucket}/copy", storage)
+    assert info["samples"] == ROWS - 1
     merged = merge(tmp_path / "merged", [url], progress=False, storage_options=storage)  # from the bucket
     assert merged.num_samples == ROWS - 1
     assert_same_values(snapshot(open_store(tmp_path / "merged")), snapshot(local))

@@ -21,7 +21,10 @@ def convert(source: Any, out: str | os.PathLike[str], client: Any = None, **opti
         imagefolder/audiofolder directory, Parquet/JSON Lines/CSV files, or a
         dataset name for ``datasets.load_dataset``.
     out
-        The store directory. Rerunning the same call after a crash resumes.
+        The store directory, or a URL (``s3://bucket/prefix/store``, any
+        writable fsspec URL) that the store is converted straight into, with
+        ``storage_options=`` for fsspec (see :mod:`~tensorstore_ds.conversion.upload`).
+        Rerunning the same call after a crash resumes.
     client
         A ``distributed.Client``: run the conversion as shards on its Dask
         cluster (the same as ``engine="dask"`` with its scheduler).

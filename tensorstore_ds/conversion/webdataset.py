@@ -102,11 +102,13 @@ def expand_braces(pattern: str) -> list[str]:
 
 
 def expand_shards(specs: Sequence[str]) -> list[str]:
-    """Every shard the specs name, in order: URLs as they are, local files checked to exist."""
+    """Every shard the specs name, in order: URLs as they are (globbed by fsspec, not over http), local files checked to exist."""
     shards: list[str] = []
     for spec in specs:
         for name in expand_braces(spec):
-            if "://" in name:
+            if "://" in name and glob.has_magic(name) and not name.startswith(("http://", "https://")):
+                shards += _remote_glob(name)
+            elif "://" in name:
                 shards.append(name)
             elif glob.has_magic(name):
                 shards += sorted(glob.glob(name, recursive=True))
@@ -119,6 +121,17 @@ def expand_shards(specs: Sequence[str]) -> list[str]:
     if not shards:
         raise SourceError(f"no WebDataset shards match {', '.join(specs)}")
     return shards
+
+
+def _remote_glob(pattern: str) -> list[str]:
+    """The objects an fsspec URL glob (``s3://bucket/shards/*.tar``) matches, as URLs."""
+    import fsspec
+
+    try:
+        fs, _, paths = fsspec.get_fs_token_paths(pattern)
+    except Exception as exc:
+        raise SourceError(f"cannot list {pattern}: {type(exc).__name__}: {exc}") from exc
+    return sorted(fs.unstrip_protocol(p) for p in paths)
 
 
 def open_webdataset(specs: Sequence[str]) -> WebDatasetSource:

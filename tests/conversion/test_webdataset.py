@@ -310,6 +310,23 @@ def test_http_shard_cut_and_missing(tmp_path: Path, http_server: TestServer) -> 
     assert failures[1]["detail"].startswith(f"shard {urls[1]} cannot be opened: OSError: HTTP 404")
 
 
+def test_fsspec_urls(tmp_path: Path) -> None:
+    """Any fsspec protocol (here its in-memory file system), globbed and read as a stream."""
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    written = []
+    for shard in range(2):
+        data, samples = img2dataset_shard(shard)
+        memory.pipe(f"/wds-test/{shard:05d}.tar", data)
+        written += samples
+    try:
+        convert("memory://wds-test/*.tar", tmp_path / "out", **FAST)
+        check_images(tmp_path / "out", written)
+    finally:
+        memory.rm("/wds-test", recursive=True)
+
+
 def test_resume_reads_the_same_rows(tmp_path: Path) -> None:
     write_img2dataset(tmp_path / "shards")
     src = open_source(tmp_path / "shards")

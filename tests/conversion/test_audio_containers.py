@@ -108,7 +108,9 @@ def test_soundfile_cannot_but_pyav_decodes(files: dict[str, bytes], kind: str) -
     rate = KINDS[kind][2]
     reference = resample(source_signal(rate).mean(axis=0), rate, RATE, "soxr")
     lag, error = best_match(samples[:length], reference, margin=RATE // 20)
-    assert lag == 0 and error < 0.1, (lag, error)
+    assert error < 0.1, (lag, error)
+    # MP4 counts in samples; Matroska in milliseconds, which FFmpeg 7.0 uses to place the AAC priming it hands out
+    assert lag == 0 or KINDS[kind][0] in ("webm", "matroska"), lag
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -1,14 +1,18 @@
 """Decode one recording into a fixed-length float16 mono tensor.
 
-Pipeline: open with soundfile -> seek to the clip window -> read only the
-frames the output needs (plus a small margin) as float32 -> reject NaN/inf ->
-downmix to mono by averaging channels -> resample -> cut to ``num_samples``
-or zero-pad at the end -> float16.
+Pipeline: open with soundfile (else PyAV) -> seek to the clip window -> read
+only the frames the output needs (plus a small margin) as float32 -> reject
+NaN/inf -> downmix to mono by averaging channels -> resample -> cut to
+``num_samples`` or zero-pad at the end -> float16.
 
 Sources
 -------
-Encoded bytes or a path (WAV, FLAC, OGG/Vorbis, MP3 and every other format
-libsndfile reads), or a mapping: ``{"array": ..., "sampling_rate": int}``
+Encoded bytes or a path: WAV, FLAC, OGG/Vorbis/Opus, MP3 and every other format
+libsndfile reads go through soundfile; what soundfile cannot open (M4A/AAC,
+WebM/Opus, MP4, MKA, WMA... and MP3 on a libsndfile older than 1.1) goes
+through PyAV when it is installed (:mod:`.containers`, which also says how clip
+windows seek there and how truncated files fail). Or a mapping:
+``{"array": ..., "sampling_rate": int}``
 (the array is ``(frames,)`` or ``(frames, channels)`` with at most 64
 channels, so channels-first arrays are rejected; floats are taken as they are,
 integers are scaled to -1..1), or a Hugging Face ``Audio`` dict

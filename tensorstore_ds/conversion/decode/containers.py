@@ -19,7 +19,10 @@ sample type (float32 for AAC and Opus; the caller scales integers), at most
    (AAC and Opus decoders need that much history to produce exact samples).
    A container that cannot seek, whose timestamps are missing, or whose seek
    lands past the start, is decoded from its beginning instead.
-2. **Place.** The first frame after a seek is placed by its timestamp (to
+2. **Place.** Time 0 is where a decode from the start begins: the first
+   frame's timestamp, or 0 when that is negative (then the samples before 0
+   are an encoder's priming, which older FFmpeg versions hand out and newer
+   ones drop). The first frame after a seek is placed by its timestamp (to
    within the container's resolution: 1 ms for Matroska/WebM), every later
    frame right after the one before it, so coarse timestamps never open gaps
    or overlaps; samples before the window are dropped.
@@ -48,7 +51,9 @@ samples and ``clip-out-of-range`` when none lie in the window.
 from __future__ import annotations
 
 import io
+import itertools
 import os
+from collections.abc import Iterator
 from fractions import Fraction
 from types import TracebackType
 from typing import Any, BinaryIO
@@ -191,42 +196,49 @@ class ContainerAudio:
     def _decode(self, start: int, stop: int, seek: bool) -> tuple[list[np.ndarray], int] | None:
         """Frames ``[start, stop)`` and where the stream ended; ``None`` if a seek could not be placed."""
         container, stream = self._container, self._container.streams.audio[0]
+        frames = container.decode(stream)
+        first = next(frames, None)
+        if first is None:
+            return [], 0
+        origin = max(_time(first) or Fraction(0), Fraction(0))  # where a decode from the start begins
         if seek:
-            target = max(0.0, start / self.rate - _SEEK_PREROLL_SECONDS)
-            try:
-                if stream.time_base:
-                    container.seek(int(target / stream.time_base), stream=stream, backward=True)
-                else:
-                    container.seek(int(target * self._av.time_base), backward=True)
-            except self._av.error.FFmpegError:
-                return None
+            first, frames = self._seek(start, stream)
+            if first is None or _time(first) is None:
+                return None  # nothing there, or no timestamp to place it by: decode from the start
+        at = _time(first)
+        position = round(((at if at is not None else origin) - origin) * self.rate)  # < 0: priming, dropped
+        if seek and position > start:
+            return None  # the seek landed past the window's start
         chunks: list[np.ndarray] = []
-        position: int | None = None if seek else 0
-        for frame in container.decode(stream):
+        for frame in itertools.chain([first], frames):
             if frame.sample_rate != self.rate or _channels(frame) != self.channels:
                 raise DecodeError(
                     "undecodable-audio",
                     f"the stream changes from {self.rate} Hz x {self.channels} channels to "
                     f"{frame.sample_rate} Hz x {_channels(frame)} mid-stream",
                 )
-            if position is None:  # the first frame after a seek: placed by its timestamp
-                if frame.pts is None or not frame.time_base:
-                    return None
-                origin = stream.start_time or 0
-                position = round(Fraction(frame.pts - origin) * Fraction(frame.time_base) * self.rate)
-                if position > start:
-                    return None  # the seek landed past the window's start
             self._position = position
             samples = _frame_array(frame)
             lo, hi = max(start - position, 0), min(stop - position, len(samples))
             if hi > lo:
                 chunks.append(samples[lo:hi])
-            position += len(samples)
+            position += len(samples)  # frames follow each other: coarse timestamps open no gaps
             if position >= stop:
                 break
-        if position is None:
-            return None  # nothing after the seek target: decode from the start to tell why
         return chunks, position
+
+    def _seek(self, start: int, stream: Any) -> tuple[Any, Iterator[Any]]:
+        """Seek to a key frame ``_SEEK_PREROLL_SECONDS`` before ``start``: its first frame and the rest."""
+        target = max(0.0, start / self.rate - _SEEK_PREROLL_SECONDS)
+        try:
+            if stream.time_base:
+                self._container.seek(int(target / stream.time_base), stream=stream, backward=True)
+            else:
+                self._container.seek(int(target * self._av.time_base), backward=True)
+        except self._av.error.FFmpegError:
+            return None, iter(())
+        frames = self._container.decode(stream)
+        return next(frames, None), frames
 
     def _check_complete(self, end: int, stop: int) -> None:
         """Refuse an MP4 or Matroska stream that ends well before its header says (a truncated file)."""
@@ -245,6 +257,13 @@ class ContainerAudio:
                 "undecodable-audio",
                 f"truncated: the audio ends at {end / self.rate:.3f} s, the {self.format} header says {declared:.3f} s",
             )
+
+
+def _time(frame: Any) -> Fraction | None:
+    """A frame's presentation time in seconds, if it has one."""
+    if frame.pts is None or not frame.time_base:
+        return None
+    return Fraction(frame.pts) * Fraction(frame.time_base)
 
 
 def _channels(frame: Any) -> int:

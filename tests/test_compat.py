@@ -20,6 +20,7 @@ import torch.utils.data
 from PIL import Image
 from torch.utils.data import DataLoader
 
+import tensorstore_ds
 from tensorstore_ds import compat, open_store
 from tensorstore_ds.compat import (
     InMemoryAudioTextDataset,
@@ -34,7 +35,7 @@ from tests.httpserver import TestServer
 from tests.media import audio_bytes, audio_struct, write_image
 
 # The conversion module, to patch its internals.
-convert_module = importlib.import_module("tensorstore_ds.conversion.api")
+convert_module = importlib.import_module("tensorstore_ds.conversion.run")  # where a conversion decodes
 
 ROOT = Path(__file__).resolve().parents[1]
 EMPTY = inspect.Parameter.empty
@@ -262,7 +263,7 @@ def test_cache_hit_in_another_process(pixmo: datasets.Dataset, tmp_path: Path) -
     pixmo.save_to_disk(tmp_path / "saved")
     first = InMemoryImageTextDataset(datasets.load_from_disk(tmp_path / "saved"), image_size=SMALL, num_workers=0)
     code = (
-        "import sys, datasets, tensorstore_ds.conversion.api as c\n"
+        "import sys, datasets, tensorstore_ds.conversion.run as c\n"
         "c.decode_sample = c._run = None  # any conversion would fail\n"
         "from tensorstore_ds.compat import InMemoryImageTextDataset\n"
         f"ds = InMemoryImageTextDataset(datasets.load_from_disk(sys.argv[1]), image_size={SMALL})\n"
@@ -284,9 +285,9 @@ def test_convert_returns_a_finished_store_without_decoding(
     pixmo: datasets.Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     options = {"image_column": "image_url", "image_size": 16, "workers": 0, "progress": False}
-    manifest = convert_module.convert(pixmo, tmp_path / "store", **options)
+    manifest = tensorstore_ds.convert(pixmo, tmp_path / "store", **options)
     no_decoding(monkeypatch)
-    assert convert_module.convert(pixmo, tmp_path / "store", **options).counts == manifest.counts
+    assert tensorstore_ds.convert(pixmo, tmp_path / "store", **options).counts == manifest.counts
 
 
 @pytest.mark.parametrize("change", [{"max_samples": 3}, {"image_size": (48, 48)}, {"txt_col": "alt"}])

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 from PIL import EpsImagePlugin, Image
 
-import tensorstore_ds.conversion.api
+import tensorstore_ds.conversion.run
 from tensorstore_ds import open_store, verify
 from tensorstore_ds.conversion.api import convert
 from tensorstore_ds.conversion.decode import decode_sample
@@ -149,7 +149,7 @@ def test_a_decoder_crash_fails_only_its_sample(tmp_path: Path, monkeypatch: pyte
         images[i] = CRASH + images[i]
     images[9] = b"not an image"
     ds = datasets.Dataset(pa.table({"image": images, "caption": [f"c{i}" for i in range(24)]}))
-    monkeypatch.setattr(tensorstore_ds.conversion.api, "decode_sample", crash_or_decode)
+    monkeypatch.setattr(tensorstore_ds.conversion.run, "decode_sample", crash_or_decode)
     manifest = convert(
         ds, tmp_path / "out", image_column="image", image_size=SIZE, chunk_mb=0.002, workers=2, progress=False
     )
@@ -179,7 +179,7 @@ def test_decoders_that_cannot_run_stop_the_conversion_and_blame_no_sample(
 ) -> None:
     """Only a sample that kills a working decoder is recorded; a decoder that never works is a clear error."""
     ds = datasets.Dataset(pa.table({"image": [good_image(i) for i in range(6)], "caption": ["c"] * 6}))
-    monkeypatch.setattr(tensorstore_ds.conversion.api, "decode_sample", always_crash)
+    monkeypatch.setattr(tensorstore_ds.conversion.run, "decode_sample", always_crash)
     with pytest.raises(DecoderStartError, match="cannot run: a fresh one failed on a known-good sample.*nothing was"):
         convert(ds, tmp_path / "out", image_column="image", image_size=SIZE, workers=2, progress=False)
     state = json.loads((tmp_path / "out" / ".convert" / "state.json").read_text())

@@ -1,17 +1,22 @@
 """Benchmark: serving a store to PyTorch, against baselines measured in the same run.
 
-    .venv/bin/python tools/bench_dataset.py [--samples 20000] [--batch 256] [--repeats 5]
+    .venv/bin/python tools/bench_dataset.py [--samples 20000] [--batch 256] [--batches 32] [--repeats 5]
 
 Builds (once, cached in --workdir) a store of N random 224x224 images written through the
-real store writer, then measures samples/s for random batches (median of --repeats runs):
+real store writer, then measures samples/s for random batches (median of --repeats runs;
+an epoch is --batches batches, at least 30 so that the start of each epoch counts as it
+does in training):
 
 - numpy fancy indexing of the same data in one in-RAM array (the baseline), and memcpy;
 - TensorStoreDataset RAM mode in-process (``__getitems__`` + ``collate``);
-- RAM mode through a DataLoader with 2 workers, and a plain numpy Dataset with 2 workers;
+- RAM mode through a DataLoader with 2 workers (persistent; whole epochs, each with its
+  start), paired with an in-process epoch of the same batches right before it: the ratio
+  is the median of the pairs' ratios, so the machine's load changes both alike;
+  and a plain numpy Dataset with 2 workers;
 - the seed-style loader (a list of PIL images, batch converted to a uint8 tensor);
 - Hugging Face datasets with an Array3D column, memory-mapped, ``with_format("numpy")``;
-- PSS summed over parent + 4 workers (fork and spawn) against the same loader over a
-  1-sample store;
+- PSS summed over parent + 4 workers (fork and spawn, batch 64 and --batch) against the
+  same loader over a 1-sample store: the largest seen during the second epoch, and after it;
 - paged mode on a store 3x the budget, cold cache: chunk-local sampler and pure random
   order, against the disk's sequential read bandwidth, with the peak RSS.
 """
@@ -169,7 +174,8 @@ def bench_hf(ds: TensorStoreDataset, args: argparse.Namespace) -> float:
     return median_rate(lambda: sum(len(hf[i.tolist()]["image"]) for i in idxs), args.repeats)
 
 
-def loader_rate(dataset: Any, args: argparse.Namespace, workers: int, context: str, collate_fn: Any = None) -> float:
+def make_loader(dataset: Any, args: argparse.Namespace, workers: int, context: str, collate_fn: Any = None) -> Any:
+    """A loader over epochs of ``args.batches`` random batches (persistent workers), warmed by one epoch."""
     import torch
     from torch.utils.data import DataLoader, RandomSampler
 
@@ -184,8 +190,37 @@ def loader_rate(dataset: Any, args: argparse.Namespace, workers: int, context: s
         persistent_workers=workers > 0,
         prefetch_factor=2 if workers else None,
     )
-    next(iter(loader))  # start the workers before timing
-    return median_rate(lambda: sum(len(b["index"] if isinstance(b, dict) else b) for b in loader), args.repeats)
+    for _ in loader:  # start the workers and fill their rings before timing
+        pass
+    return loader
+
+
+def epoch(loader: Any) -> int:
+    return sum(len(b["index"] if isinstance(b, dict) else b) for b in loader)
+
+
+def loader_rate(dataset: Any, args: argparse.Namespace, workers: int, context: str, collate_fn: Any = None) -> float:
+    loader = make_loader(dataset, args, workers, context, collate_fn)
+    return median_rate(lambda: epoch(loader), args.repeats)
+
+
+def paired_worker_ratio(ds: TensorStoreDataset, args: argparse.Namespace, out: dict[str, Any]) -> None:
+    """Whole loader epochs (2 workers) against in-process epochs of as many batches, back to back."""
+    import statistics
+
+    loader = make_loader(ds, args, 2, "fork", collate)
+    idxs = batches(len(ds), args.batch, args.batches, 5)
+    ratios, rates = [], []
+    for _ in range(max(args.repeats, 7)):
+        start = time.perf_counter()
+        served = sum(len(collate(ds.__getitems__(i))["index"]) for i in idxs)
+        alone = served / (time.perf_counter() - start)
+        start = time.perf_counter()
+        served = epoch(loader)
+        rates.append(served / (time.perf_counter() - start))
+        ratios.append(rates[-1] / alone)
+    out["ram_loader_2_workers"] = statistics.median(rates)
+    out["workers_over_in_process_paired"] = statistics.median(ratios)
 
 
 class NumpyDataset:
@@ -206,7 +241,7 @@ class NumpyDataset:
 def bench_workers(store: Path, args: argparse.Namespace, out: dict[str, Any]) -> None:
     ds = TensorStoreDataset(store, mode="ram", progress=False)
     out["ram_loader_0_workers"] = loader_rate(ds, args, 0, "fork", collate)
-    out["ram_loader_2_workers"] = loader_rate(ds, args, 2, "fork", collate)
+    paired_worker_ratio(ds, args, out)
     plain = NumpyDataset(np.array(ds._arrays["images"].data))
     out["numpy_dataset_0_workers"] = loader_rate(plain, args, 0, "fork")
     out["numpy_dataset_2_workers"] = loader_rate(plain, args, 2, "fork")
@@ -214,7 +249,7 @@ def bench_workers(store: Path, args: argparse.Namespace, out: dict[str, Any]) ->
 
 
 def pss_child(store: str, context: str, batch: int) -> None:
-    """Run in a subprocess: a 4-worker loader over ``store``; print the tree's PSS."""
+    """Run in a subprocess: a 4-worker loader over ``store``; print the tree's PSS (peak in epoch 2, and after)."""
     from torch.utils.data import DataLoader
 
     ds = TensorStoreDataset(store, mode="ram", progress=False)
@@ -227,11 +262,16 @@ def pss_child(store: str, context: str, batch: int) -> None:
         multiprocessing_context=context,
         persistent_workers=True,
     )
-    for _ in range(2):
-        for _b in loader:
-            pass
+    for _b in loader:
+        pass
+    peak = 0
+    for i, _b in enumerate(loader):
+        if i % 8 == 4:
+            peak = max(peak, tree_pss_bytes())
+    del _b
     gc.collect()
-    print(json.dumps({"pss": tree_pss_bytes(), "data": ds.nbytes}))
+    end = tree_pss_bytes()
+    print(json.dumps({"pss": end, "peak": max(peak, end), "data": ds.nbytes}))
 
 
 def bench_memory(store: Path, tiny: Path, args: argparse.Namespace, out: dict[str, Any]) -> None:
@@ -241,7 +281,7 @@ def bench_memory(store: Path, tiny: Path, args: argparse.Namespace, out: dict[st
     the small batch size shows how much of it is batch buffers rather than copies of the data.
     """
     for context in ("fork", "spawn"):
-        for batch in (args.batch, 32):
+        for batch in (args.batch, 64):
             got = {}
             for name, path in (("store", store), ("tiny", tiny)):
                 cmd = [sys.executable, __file__, "--pss-child", str(path), context, str(batch)]
@@ -250,6 +290,9 @@ def bench_memory(store: Path, tiny: Path, args: argparse.Namespace, out: dict[st
             excess = got["store"]["pss"] - got["tiny"]["pss"]
             out[f"pss_excess_over_data_{context}_b{batch}"] = excess / got["store"]["data"]
             out[f"pss_{context}_b{batch}"] = got["store"]["pss"]
+            out[f"pss_peak_excess_over_data_{context}_b{batch}"] = (got["store"]["peak"] - got["tiny"]["peak"]) / got[
+                "store"
+            ]["data"]
 
 
 def drop_cache(store: Path) -> None:
@@ -338,7 +381,10 @@ def report(out: dict[str, Any]) -> None:
     for name, rate, ratio in lines:
         print(f"{name:52s} {rate:12,.0f} {ratio:>10s}")
     print(f"\nRAM in-process / memcpy: {out['ram_in_process'] / out['memcpy']:.2f}")
-    print(f"RAM 2 workers / RAM in-process: {out['ram_loader_2_workers'] / out['ram_in_process']:.2f}")
+    print(
+        f"RAM 2 workers / RAM in-process, whole epochs of {out['batches']} batches with their start, "
+        f"median of back-to-back pairs: {out['workers_over_in_process_paired']:.2f}"
+    )
     print(
         f"RAM mode / seed-style, both through a DataLoader with 0 workers: "
         f"{out['ram_loader_0_workers'] / out['seed_style']:.1f}x"
@@ -348,7 +394,8 @@ def report(out: dict[str, Any]) -> None:
         context, batch = key.rsplit("_", 2)[-2:]
         print(
             f"PSS, 4 workers, {context}, batch {batch[1:]}: {format_bytes(out[f'pss_{context}_{batch}'])}; "
-            f"excess over a 1-sample store = {out[key]:.2f}x the data size"
+            f"excess over a 1-sample store's = {out[key]:.3f}x the data size after the epoch, "
+            f"{out[f'pss_peak_excess_over_data_{context}_{batch}']:.3f}x at its peak during it"
         )
     if "disk_sequential_MBps" in out:
         print(
@@ -367,7 +414,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=20000)
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--batches", type=int, default=32, help="batches per epoch (at least 30)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workdir", default=str(ROOT / "bench-out"))
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: workers,memory,paged")
@@ -385,7 +432,7 @@ def main() -> None:
     build_store(store, args.samples)
     build_store(tiny, 1)
     skip = set(args.skip.split(","))
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"batches": args.batches}
     bench_in_process(store, args, out)
     if "workers" not in skip:
         bench_workers(store, args, out)

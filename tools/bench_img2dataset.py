@@ -4,7 +4,7 @@ img2dataset (the tool users know for URL lists) is installed by this script
 into its own virtual environment (default ``/work/bench-venvs/img2dataset``;
 it is never a dependency of tensorstore_ds). Both tools get the same settings:
 2 processes, 64 download threads, a 5 s timeout, 1 retry, center crop to
-224 x 224. The URLs are spread over ``--hosts`` loopback servers
+224 x 224 (img2dataset with 4 shards per process, so that every process works). The URLs are spread over ``--hosts`` loopback servers
 (:class:`bench_fetch.LoopbackWeb`) answering after 100 ms with 640x480
 photo-like JPEGs; with ``--stall-fraction`` of them never answering in the
 second condition. Each tool runs ``--repeats`` times per condition (alternating);
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -53,14 +54,16 @@ def run_img2dataset(exe: Path, urls: Path, out: Path, args: argparse.Namespace) 
         "--output_format=files",
         f"--processes_count={args.workers}",
         f"--thread_count={args.threads}",
+        f"--number_sample_per_shard={max(1, args.n // (4 * args.workers))}",  # 4 shards per process: all busy
         f"--timeout={args.timeout}",
         f"--retries={args.retries}",
         "--image_size=224",
         "--resize_mode=center_crop",
         "--enable_wandb=False",
-        "--incremental_mode=overwrite",
+        "--incremental_mode=incremental",  # "overwrite" deletes its own _tmp folder in 1.47: start afresh instead
         "--disallowed_header_directives=[]",
     ]
+    shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     elapsed = time.perf_counter() - start

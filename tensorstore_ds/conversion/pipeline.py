@@ -41,58 +41,22 @@ dying (a SIGKILL gives no chance to stop it).
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DecoderStartError, SampleError
 from .fetch import Fetcher
 from .hosts import Hosts, host_of
 from .staging import Stage, decode_staged
+from .tasks import Outcome, Task, process_pool
 
 SLOW_AFTER = 1.0  # seconds after which a fetch counts as stalled and frees its concurrency slot
 STALL_ROOM = 4  # fetch threads at most, as a multiple of fetch_threads
-
-
-@dataclass(frozen=True)
-class Task:
-    """One source row on its way through the pipeline.
-
-    Parameters
-    ----------
-    row
-        Source row index.
-    key
-        The row's media key (URL, path or column), for the failure record.
-    kind
-        Media reference kind (``url``, ``path``, ``bytes``, ``array``),
-        ``error`` for a row that failed before decoding, or ``done`` for a
-        row whose result is known.
-    payload
-        The reference's value (the :class:`SampleError` for ``error``, the
-        result values for ``done``).
-    args
-        Further positional arguments for the decode function after the payload.
-    extra
-        Anything the caller wants back with the result (captions, kept values).
-    """
-
-    row: int
-    key: str
-    kind: str
-    payload: Any
-    args: tuple[Any, ...]
-    extra: Any
-
-
-Outcome = dict[str, Any] | SampleError
 
 
 class _Item:
@@ -165,7 +129,7 @@ class Pipeline:
 
     def __enter__(self) -> Pipeline:
         if self.workers > 0:
-            self._procs = _process_pool(self.workers)
+            self._procs = process_pool(self.workers)
         if self.stage is not None:
             self._view = self.stage.create()
         if self.fetcher is not None:
@@ -375,7 +339,7 @@ class Pipeline:
 
     def _unstage(self, item: _Item, values: dict[str, Any]) -> dict[str, Any]:
         """Put the staged media row (a view of its slot, valid until the next result) into ``values``."""
-        if self.stage is not None:
+        if self.stage is not None and item.task.kind != "done":
             values[self.stage.field] = self._view[item.seq % self.stage.depth]
         return values
 
@@ -383,13 +347,13 @@ class Pipeline:
         """Swap in a new pool for the broken one (once, however many of its futures report it)."""
         with self._lock:
             if broken is not None and broken is self._procs:
-                self._procs = _process_pool(self.workers)
+                self._procs = process_pool(self.workers)
                 broken.shutdown(wait=False, cancel_futures=True)
 
     def _alone(self, item: _Item) -> Outcome:
         """Decode one sample in a pool of its own: a sample that kills its decoder fails alone."""
         if self._solo is None:
-            self._solo = _process_pool(1)
+            self._solo = process_pool(1)
         try:
             return self._submit_decode(self._solo, item).result()
         except SampleError as exc:
@@ -413,29 +377,13 @@ class Pipeline:
         """
         if self.canary is None:
             return
-        probe = _process_pool(1)
+        probe = process_pool(1)
         try:
             probe.submit(self.decode, self.canary, *task.args).result(timeout=120)
         except BaseException as exc:
             raise DecoderStartError(type(exc).__name__, str(exc)) from exc
         finally:
             probe.shutdown(wait=False, cancel_futures=True)
-
-
-def _process_pool(workers: int) -> ProcessPoolExecutor:
-    context = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),))
-
-
-def _exit_with(parent: int) -> None:
-    """In a decode process: exit once the converting process is gone (a SIGKILL leaves no one to stop us)."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="tsds-parent-watch", daemon=True).start()
 
 
 def _copy(source: Future[dict[str, Any]], target: Future[dict[str, Any]], pool: Any) -> None:

@@ -30,11 +30,12 @@ from .decode.formats import check_audio_formats
 from .fetch import Fetcher
 from .hosts import CIRCUIT_OPEN
 from .options import ConvertOptions
-from .pipeline import Pipeline, Task
+from .pipeline import Pipeline
 from .retry import Previous, retry_root, swap_in
 from .shards import shard_ranges
 from .sources import Source, open_source
 from .staging import Stage
+from .tasks import Task
 from .writer import Column, Plan, StoreWriter
 
 PROGRESS_EVERY = 0.5  # seconds between updates of the progress bar's counts

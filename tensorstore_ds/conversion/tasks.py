@@ -1,0 +1,66 @@
+"""What flows through the conversion pipeline (:class:`Task`) and the decode process pools it uses."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import SampleError
+
+__all__ = ["Outcome", "Task", "process_pool"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One source row on its way through the pipeline.
+
+    Parameters
+    ----------
+    row
+        Source row index.
+    key
+        The row's media key (URL, path or column), for the failure record.
+    kind
+        Media reference kind (``url``, ``path``, ``bytes``, ``array``),
+        ``error`` for a row that failed before decoding, or ``done`` for a
+        row whose result is known.
+    payload
+        The reference's value (the :class:`SampleError` for ``error``, the
+        result values for ``done``).
+    args
+        Further positional arguments for the decode function after the payload.
+    extra
+        Anything the caller wants back with the result (captions, kept values).
+    """
+
+    row: int
+    key: str
+    kind: str
+    payload: Any
+    args: tuple[Any, ...]
+    extra: Any
+
+
+Outcome = dict[str, Any] | SampleError
+
+
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` spawned decode processes that exit when this process dies."""
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=exit_with, initargs=(os.getpid(),))
+
+
+def exit_with(parent: int) -> None:
+    """In a decode process: exit once the converting process is gone (a SIGKILL leaves no one to stop us)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="tsds-parent-watch", daemon=True).start()

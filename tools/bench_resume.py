@@ -8,6 +8,8 @@ writer (tools/bench_dataset.py's builder), then measures, as medians of --repeat
 - the sampler alone: time to the first index of a fresh epoch, against the first index after
   ``load_state_dict`` of a checkpoint at --at of the epoch (RAM-mode window: all chunks, and
   paged windows), and what skipping by iterating (torchdata's fallback) costs for comparison;
+- a resize: a RAM-mode checkpoint (one window) of one rank restored on two ranks in paged
+  windows, which re-splits the unseen samples (against a fresh paged epoch on two ranks);
 - a torchdata StatefulDataLoader in paged mode with 0 and 2 workers: time to the first batch
   of a fresh epoch against the first batch after ``load_state_dict`` at --at, and the time of
   one batch in steady state (O(1) restore means the difference is well under one batch).
@@ -95,6 +97,25 @@ def bench_sampler(ds: Any, args: argparse.Namespace, window: int | None, out: di
     }
 
 
+def bench_resize(ds: Any, args: argparse.Namespace, chunks: int, out: dict[str, Any]) -> None:
+    """A RAM-mode checkpoint (one window) of one rank restored on two ranks in paged windows (a re-split)."""
+    saved = ChunkShuffleSampler(ds, seed=0, window_chunks=chunks)
+    saved.set_epoch(1)
+    state = saved.state_at(int(len(saved) * args.at), 1)
+
+    def fresh() -> int:
+        s = ChunkShuffleSampler(ds, seed=0, rank=1, world_size=2)
+        s.set_epoch(1)
+        return next(iter(s))
+
+    def restored() -> int:
+        s = ChunkShuffleSampler(ds, seed=0, rank=1, world_size=2)
+        s.load_state_dict(state)
+        return next(iter(s))
+
+    out["sampler_resize_ram_to_paged"] = {"window_chunks": chunks, **paired(fresh, restored, args.repeats)}
+
+
 def bench_loader(ds: Any, args: argparse.Namespace, workers: int, out: dict[str, Any]) -> None:
     """Time to the first batch, fresh and restored, with a StatefulDataLoader; and one steady batch."""
     from torchdata.stateful_dataloader import StatefulDataLoader
@@ -134,6 +155,12 @@ def bench_loader(ds: Any, args: argparse.Namespace, workers: int, out: dict[str,
 
 def report(out: dict[str, Any]) -> None:
     print(f"store: {out['samples']} samples, {format_bytes(out['bytes'])}; checkpoint at {out['at']:.0%}")
+    r = out["sampler_resize_ram_to_paged"]
+    print(
+        f"sampler_resize_ram_to_paged (1 rank, {r['window_chunks']} chunks -> 2 ranks, paged windows): first index "
+        f"fresh {r['fresh_s'] * 1e3:.2f} ms, restored {r['restored_s'] * 1e3:.2f} ms "
+        f"(x{r['restored_s'] / r['fresh_s']:.2f})"
+    )
     for name in ("sampler_ram_window", "sampler_paged_window"):
         r = out[name]
         print(
@@ -172,6 +199,7 @@ def main() -> None:
     chunks = -(-len(ds) // ds.chunk_rows)
     bench_sampler(ds, args, chunks, out, "sampler_ram_window")
     bench_sampler(ds, args, None, out, "sampler_paged_window")
+    bench_resize(ds, args, chunks, out)
     for workers in (0, 2):
         bench_loader(ds, args, workers, out)
     report(out)

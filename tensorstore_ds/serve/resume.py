@@ -6,14 +6,17 @@ JSON both take it)::
     {"tensorstore_ds.sampler": 1,           # format version
      "seed": 0, "shuffle": True,            # must match the restoring sampler
      "samples": 20000, "chunk_rows": 64,    # the store's shape: must match
-     "epoch": 3, "window": 12,              # the epoch, and its window (kept for the epoch's rest)
-     "levels": [[4, 4500, False]]}          # (world size, samples per rank, drop_last) per pass
+     "epoch": 3,
+     "levels": [[4, 4500, False, 12]]}      # per pass: world size, samples per rank, drop_last, window
 
 It holds no rank: ranks that run in lockstep save the same dict, so any one of
 them restores every rank of the next run, whatever its world size. What must
 stay the same is the store (its sample count and chunk size are checked) and
 the seed and ``shuffle``; the memory budget, the world size and the number of
-DataLoader workers may change.
+DataLoader workers may change. The window (chunks shuffled together, from the
+budget) is kept for the rest of the epoch when the world size is the same (the
+order depends on it); a new world size re-splits the unseen samples, in the
+restoring budget's windows when the saved ones are larger.
 
 A torchdata ``StatefulDataLoader`` keeps the sampler's dict inside its own
 state (under ``_snapshot`` when it has workers). :func:`sampler_state` digs it
@@ -33,7 +36,7 @@ VERSION = 1
 CHECKED = ("seed", "shuffle", "samples", "chunk_rows")
 
 
-def make_state(sampler: Any, levels: Sequence[tuple[int, int, bool]]) -> dict[str, Any]:
+def make_state(sampler: Any, levels: Sequence[tuple[int, int, bool, int]]) -> dict[str, Any]:
     """The checkpoint of ``sampler`` with the epoch's ``levels`` (a new dict of plain values)."""
     return {
         MARK: VERSION,
@@ -42,8 +45,7 @@ def make_state(sampler: Any, levels: Sequence[tuple[int, int, bool]]) -> dict[st
         "samples": int(sampler.num_samples),
         "chunk_rows": int(sampler.dataset.chunk_rows),
         "epoch": int(sampler.epoch),
-        "window": int(sampler.window),
-        "levels": [[int(w), int(k), bool(d)] for w, k, d in levels],
+        "levels": [[int(w), int(k), bool(d), int(win)] for w, k, d, win in levels],
     }
 
 
@@ -56,8 +58,8 @@ def check_state(sampler: Any, state: dict[str, Any]) -> dict[str, Any]:
         if state.get(key) != current[key]:
             raise ResumeStateError(key, state.get(key), current[key])
     levels = state.get("levels")
-    if not levels or any(len(level) != 3 or int(level[0]) < 1 or int(level[1]) < 0 for level in levels):
-        raise ResumeStateError("levels", levels, "a list of [world_size >= 1, served >= 0, drop_last]")
+    if not levels or any(len(level) != 4 or min(level[0], level[3]) < 1 or level[1] < 0 for level in levels):
+        raise ResumeStateError("levels", levels, "a list of [world_size >= 1, served >= 0, drop_last, window >= 1]")
     return state
 
 

@@ -21,7 +21,8 @@ Resuming (the Stateful protocol of torchdata)
     continue from there: with the same world size, exactly at the next sample;
     with another one, the new ranks share what the epoch has not served yet.
     Restoring costs what starting an epoch costs: nothing before the position
-    is read, downloaded, read ahead or iterated over. A torchdata
+    is read, downloaded, read ahead or iterated over (a resize into smaller
+    windows walks the unseen sample numbers once, in memory). A torchdata
     ``StatefulDataLoader`` saves and restores the sampler by itself;
     :meth:`~ChunkShuffleSampler.state_at` gives the state for a plain
     ``DataLoader``, which fetches ahead of the training loop.
@@ -37,7 +38,7 @@ from typing import Any
 from torch.utils.data import Sampler
 
 from ..errors import OptionsError
-from .order import EpochOrder, Level, Ranges, cut, equalised, pass_sequence, rank_part, total
+from .order import Epoch, EpochOrder, Level, Piece, Seq, per_rank, rank_items
 from .resume import check_state, make_state, sampler_state
 
 log = logging.getLogger("tensorstore_ds")
@@ -145,40 +146,42 @@ class ChunkShuffleSampler(Sampler[int]):
         n, w = self.num_samples, self.world_size
         return n // w if self.drop_last else math.ceil(n / w)
 
-    def _order(self) -> EpochOrder:
-        return EpochOrder(self.num_samples, self.dataset.chunk_rows, self.window, self.shuffle, self.seed, self.epoch)
+    def _epoch(self) -> Epoch:
+        return Epoch(self.num_samples, self.dataset.chunk_rows, self.shuffle, self.seed, self.epoch)
 
     def windows(self) -> list[Any]:
         """The epoch's windows: arrays of chunk numbers, in the order of the epoch."""
-        return self._order().windows
+        return self._epoch().order(self.window).windows
 
     def _levels(self, served: int) -> list[Level]:
-        return [*self._history, (self.world_size, served, self.drop_last)]
+        return [*self._history, (self.world_size, served, self.drop_last, self.window)]
 
-    def _rest(self) -> Ranges:
-        """Positions of the base order this rank still serves in the live level."""
-        levels = self._levels(self._served)
-        part = rank_part(pass_sequence(self.num_samples, levels), self.world_size, self.drop_last, self.rank)
-        return cut(part, self._served, total(part))
+    def _sequence(self) -> Seq:
+        """What the live level serves on all ranks."""
+        return self._epoch().sequence(self._levels(self._served))
+
+    def _rest(self) -> tuple[EpochOrder, list[Piece]]:
+        """The base order and the pieces of it that this rank still serves in the live level."""
+        seq = self._sequence()
+        return seq.order, rank_items(seq, self.world_size, self.drop_last, self.rank, self._served)
 
     def __iter__(self) -> Iterator[int]:
         if not self._pending:
             self._history, self._served = [], 0
         self._pending, self._start = False, self._served
         self._tell_dataset()
-        return self._serve(self._order(), self._rest())
+        return self._serve(*self._rest())
 
-    def _serve(self, order: EpochOrder, rest: Ranges) -> Iterator[int]:
-        pieces = order.pieces(rest)
-        runs = [w for k, (w, _, _) in enumerate(pieces) if k == 0 or pieces[k - 1][0] != w]
+    def _serve(self, order: EpochOrder, pieces: list[Piece]) -> Iterator[int]:
+        runs = [w for k, (w, _) in enumerate(pieces) if k == 0 or pieces[k - 1][0] != w]
         prefetch = getattr(self.dataset, "prefetch_chunks", None)
         run, current = -1, None
-        for w, lo, hi in pieces:
+        for w, selector in pieces:
             if w != current:
                 run, current = run + 1, w
                 if prefetch is not None and run + 1 < len(runs):
                     prefetch(order.windows[runs[run + 1]])
-            for index in order.samples(w)[lo:hi].tolist():
+            for index in order.samples(w)[selector].tolist():
                 self._served += 1  # before the yield: after next() returns, the state counts this sample
                 yield index
 
@@ -202,35 +205,37 @@ class ChunkShuffleSampler(Sampler[int]):
         """
         if batches < 0 or batch_size < 1:
             raise OptionsError(f"batches must be >= 0 and batch_size >= 1, not {batches} and {batch_size}")
-        per = equalised(pass_sequence(self.num_samples, self._levels(0)), self.world_size, self.drop_last)[1]
+        per = per_rank(self._sequence().length, self.world_size, self.drop_last)
         return make_state(self, self._levels(min(self._start + batches * batch_size, per)))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from :meth:`state_dict` or :meth:`state_at` of any rank, or from a ``StatefulDataLoader``'s state.
 
         The next iteration continues the saved epoch: at the next sample if
-        the world size is the same, else with what the epoch has not served
-        yet, split over the new ranks. The seed, ``shuffle`` and the store
-        must be the ones the state was saved with (:class:`ResumeStateError`
-        otherwise); the window of the saved epoch is kept for its rest.
+        the world size is the same (in the saved window, which the order
+        depends on), else with what the epoch has not served yet, split over
+        the new ranks (in this budget's windows if the saved ones are larger).
+        The seed, ``shuffle`` and the store must be the ones the state was
+        saved with (:class:`ResumeStateError` otherwise).
         """
         saved = check_state(self, sampler_state(state))
-        levels: list[Level] = [(int(w), int(k), bool(d)) for w, k, d in saved["levels"]]
-        world, served, drop_last = levels[-1]
-        if (world, drop_last) == (self.world_size, self.drop_last):
-            self._history, self._served = levels[:-1], served
-        else:
-            self._history, self._served = levels, 0
-            log.info("tensorstore_ds: resuming epoch %d of %d ranks on %d", saved["epoch"], world, self.world_size)
-        self.epoch, self._epoch_window = int(saved["epoch"]), int(saved["window"])
-        if self._epoch_window > self._budget_window():
-            log.warning(
-                "tensorstore_ds: the rest of epoch %d keeps its checkpoint's windows of %d chunks (the order "
-                "depends on them), more than this budget's %d: its reads are less local; later epochs use %d",
-                self.epoch,
-                self._epoch_window,
-                self._budget_window(),
-                self._budget_window(),
-            )
+        levels: list[Level] = [(int(w), int(k), bool(d), int(win)) for w, k, d, win in saved["levels"]]
+        world, served, drop_last, window = levels[-1]
+        budget = self._budget_window()
+        self.epoch = int(saved["epoch"])
+        if (world, drop_last) == (self.world_size, self.drop_last):  # the same layout: continue exactly
+            self._history, self._served, self._epoch_window = levels[:-1], served, window
+            if window > budget:
+                log.warning(
+                    "tensorstore_ds: the rest of epoch %d keeps its checkpoint's windows of %d chunks (the order "
+                    "depends on them), more than this budget's %d: its reads are less local; later epochs use %d",
+                    self.epoch,
+                    window,
+                    budget,
+                    budget,
+                )
+        else:  # a new layout: the unseen samples, re-split; in this budget's windows if the saved ones are larger
+            self._history, self._served, self._epoch_window = levels, 0, min(window, budget)
+            log.info("tensorstore_ds: resuming epoch %d of %d ranks on %d", self.epoch, world, self.world_size)
         self._start, self._pending = self._served, True
         self._tell_dataset()

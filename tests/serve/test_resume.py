@@ -20,13 +20,18 @@ from hypothesis import strategies as st
 from tensorstore_ds import ChunkShuffleSampler
 from tensorstore_ds.errors import OptionsError, ResumeStateError
 from tensorstore_ds.serve import order as order_module
-from tensorstore_ds.serve.order import total
 from tests.serve.test_sampler import FakeDataset
 
 
 def take(sampler: ChunkShuffleSampler, k: int) -> list[int]:
     """The first ``k`` indices of a new iteration (the iterator is left suspended, as a loader leaves it)."""
     return list(itertools.islice(iter(sampler), k))
+
+
+def left(sampler: ChunkShuffleSampler) -> int:
+    """Samples the next iteration of ``sampler`` serves."""
+    order, pieces = sampler._rest()
+    return sum(len(order.samples(w)[selector]) for w, selector in pieces)
 
 
 def ranks(ds: Any, world: int, **kwargs: Any) -> list[ChunkShuffleSampler]:
@@ -97,7 +102,7 @@ def test_a_chain_of_resizes_within_one_epoch() -> None:
             s.set_epoch(5)
             if state is not None:
                 s.load_state_dict(state)
-        lengths = [total(s._rest()) for s in samplers]
+        lengths = [left(s) for s in samplers]
         parts = [take(s, math.ceil(lengths[0] * fraction)) for s in samplers]
         served += parts
         state = samplers[-1].state_dict()
@@ -121,6 +126,27 @@ def test_locality_survives_a_resize() -> None:
     for s in news:  # a whole epoch at the new size: a quarter each, plus a window at each edge
         s.set_epoch(1)
         assert len({i // rows for i in s}) <= 64 // 4 + 2
+
+
+def test_a_resize_from_ram_to_paged_mode_reads_locally_again() -> None:
+    """RAM mode's one window scatters what is unseen over every chunk; a resize re-splits it in paged windows."""
+    rows = 8
+    ram = FakeDataset(n=64 * rows, chunk_rows=rows, mode="ram")
+    olds = ranks(ram, 2, seed=2)
+    before = [take(s, 128) for s in olds]
+    assert olds[0].window == 64
+    paged = FakeDataset(n=64 * rows, chunk_rows=rows, mode="paged", chunk_bytes=1000, budget=4000)  # windows of 2
+    news = ranks(paged, 4, seed=2)
+    for s in news:
+        s.load_state_dict(olds[0].state_dict())
+    after = [list(s) for s in news]
+    check_epoch(paged, before, after, pads=1 + 3)
+    for part in after:  # a quarter of the chunks (each holds about half unseen samples), plus window edges
+        assert len({i // rows for i in part}) <= 64 // 4 + 4
+    assert all(s.window == 2 for s in news) and news[0].state_dict()["levels"] == [
+        [2, 128, False, 64],
+        [4, 64, False, 2],
+    ]
 
 
 def test_restoring_reads_nothing_before_the_position(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -162,7 +188,7 @@ def test_state_at_for_a_plain_dataloader() -> None:
     again = ChunkShuffleSampler(ds, seed=0, rank=1, world_size=2)
     again.load_state_dict(resumed.state_at(batches=1, batch_size=8))
     assert list(again) == whole[24:]
-    assert resumed.state_at(batches=100, batch_size=8)["levels"] == [[2, 50, False]]  # capped at the end
+    assert resumed.state_at(batches=100, batch_size=8)["levels"] == [[2, 50, False, 13]]  # capped at the end
     with pytest.raises(OptionsError, match="batch_size >= 1"):
         sampler.state_at(1, 0)
 
@@ -224,7 +250,7 @@ def test_a_dict_without_sampler_state_is_refused() -> None:
         sampler.load_state_dict({"model": {}})
     state = sampler.state_dict()
     with pytest.raises(ResumeStateError, match="levels"):
-        sampler.load_state_dict({**state, "levels": [[0, 1, False]]})
+        sampler.load_state_dict({**state, "levels": [[0, 1, False, 1]]})
 
 
 def test_the_dataset_hears_epoch_and_seed() -> None:
@@ -248,28 +274,30 @@ def test_the_dataset_hears_epoch_and_seed() -> None:
 @given(
     n=st.integers(0, 70),
     rows=st.integers(1, 9),
-    window=st.integers(1, 4),
-    steps=st.lists(st.tuples(st.integers(1, 5), st.floats(0, 1), st.booleans()), min_size=1, max_size=3),
+    steps=st.lists(
+        st.tuples(st.integers(1, 5), st.floats(0, 1), st.booleans(), st.integers(1, 4)), min_size=1, max_size=3
+    ),
 )
 def test_any_history_serves_each_sample_at_most_once_more_than_needed(
-    n: int, rows: int, window: int, steps: list[tuple[int, float, bool]]
+    n: int, rows: int, steps: list[tuple[int, float, bool, int]]
 ) -> None:
-    """Property: through any chain of resizes, every sample is served; repeats only pad, drops only drop_last."""
+    """Property: through any chain of resizes and budgets, every sample is served; repeats only pad, drops only
+    drop_last."""
     ds = FakeDataset(n=n, chunk_rows=rows)
     served: Counter[int] = Counter()
     state = None
-    for world, fraction, drop_last in [*steps, (steps[-1][0], 1.0, steps[-1][2])]:
+    for world, fraction, drop_last, window in [*steps, (*steps[-1][:1], 1.0, *steps[-1][2:])]:
         samplers = ranks(ds, world, seed=2, window_chunks=window, drop_last=drop_last)
         for s in samplers:
             if state is not None:
                 s.load_state_dict(state)
-        lengths = {total(s._rest()) for s in samplers}
+        lengths = {left(s) for s in samplers}
         assert len(lengths) == 1  # equal ranks in every pass
         k = int(lengths.pop() * fraction)
         for s in samplers:
             served.update(take(s, k))
         state = samplers[0].state_dict()
-    pads = sum(w - 1 for w, _, _ in steps) + steps[-1][0] - 1
-    if not any(d for _, _, d in steps):
+    pads = sum(w - 1 for w, *_ in steps) + steps[-1][0] - 1
+    if not any(d for _, _, d, _ in steps):
         assert set(served) == set(range(n))
     assert set(served) <= set(range(n)) and sum(served.values()) - len(served) <= pads

@@ -91,7 +91,7 @@ def open_url_writer(
         writer.attach(remote, lease, scratch)
         return writer
     except BaseException:
-        lease.release()
+        _release(lease)
         raise
 
 
@@ -195,8 +195,16 @@ class UploadingWriter(StoreWriter):
         if uploader is not None:
             uploader.close()
             self.uploader = None  # type: ignore[assignment]
-            self.lease.release()
+            _release(self.lease)
         super().close()
+
+
+def _release(lease: Lease) -> None:
+    """Release the lease; if storage refuses even that, it expires by itself (never hide the first error)."""
+    try:
+        lease.release()
+    except Exception:
+        pass
 
 
 def _read_ledger(path: Path) -> dict[str, dict[str, Any]]:

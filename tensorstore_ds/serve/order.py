@@ -195,8 +195,8 @@ class MaskSeq:
         while lo < hi and w < len(self.order.windows):
             start, stop = int(self.cum[w]), int(self.cum[w + 1])
             if stop > lo:
-                kept = np.flatnonzero(self.keep[self.order.samples(w)])
-                out.append((w, kept[lo - start : min(hi, stop) - start]))
+                chosen = np.flatnonzero(self.keep[self.order.samples(w)])
+                out.append((w, chosen[lo - start : min(hi, stop) - start]))
                 lo = min(hi, stop)
             w += 1
         return out

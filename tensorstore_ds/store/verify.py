@@ -3,52 +3,14 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import StoreFormatError
 from ..format.hashing import ALGORITHM, checksum_files, store_files
 from ..format.layout import irregular_file
-from ..format.manifest import MANIFEST, Manifest
-
-
-@dataclass
-class VerifyReport:
-    """What ``verify`` found.
-
-    Parameters
-    ----------
-    path
-        The store.
-    checked
-        Files checked.
-    bytes
-        Bytes read.
-    problems
-        ``(file, kind, detail)`` with kind one of ``missing``, ``truncated``,
-        ``extended``, ``altered``, ``unexpected``, ``irregular`` (a symlink,
-        a path through a symlink, or not a regular file: the writer makes
-        none, and such a file may lie outside the store; it is not read), or
-        ``inconsistent`` (intact, but disagreeing with the manifest: what
-        ``open_store`` refuses).
-    """
-
-    path: str
-    checked: int = 0
-    bytes: int = 0
-    problems: list[tuple[str, str, str]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def __str__(self) -> str:
-        if self.ok:
-            return f"store {self.path}: all {self.checked} files verified ({self.bytes:,} bytes)"
-        lines = [f"store {self.path}: {len(self.problems)} problem(s) in {self.checked} files"]
-        lines += [f"  {kind:10s} {name}: {detail}" for name, kind, detail in self.problems]
-        return "\n".join(lines)
+from ..format.manifest import MANIFEST, PARTS_DIR, Manifest
+from .report import VerifyReport
 
 
 def verify(
@@ -74,9 +36,7 @@ def verify(
     root = Path(path)
     manifest = Manifest.read(root)
     if manifest.parts:  # a store made of parts (pulled from object storage): every part, in full
-        from .verify_remote import verify_local_parts
-
-        return verify_local_parts(root, manifest, progress, threads)
+        return _verify_local_parts(root, manifest, progress, threads)
     report = VerifyReport(str(root))
     expected = manifest.files
     present = set(store_files(root))
@@ -131,3 +91,22 @@ def _check_structure(root: Path, report: VerifyReport) -> None:
             name, detail = MANIFEST, f"{type(exc).__name__}: {exc}"
         if name not in {n for n, _, _ in report.problems}:
             report.problems.append((name, "inconsistent", detail))
+
+
+def _verify_local_parts(root: Path, manifest: Manifest, progress: bool, threads: int) -> VerifyReport:
+    """A local store made of parts: each part verified in full, and each part's manifest against its pin."""
+    from ..format.hashing import hash_file
+
+    report = VerifyReport(str(root))
+    for part in manifest.parts:
+        sub = verify(root / part["path"], progress, threads)
+        report.problems += [(f"{part['path']}/{name}", kind, detail) for name, kind, detail in sub.problems]
+        report.checked += sub.checked
+        report.bytes += sub.bytes
+        if hash_file(root / part["path"] / MANIFEST)[1] != part["manifest_sha256"]:
+            report.problems.append((f"{part['path']}/{MANIFEST}", "altered", "not the manifest the store lists"))
+    for entry in root.iterdir():
+        if entry.name not in (PARTS_DIR, MANIFEST):
+            report.problems.append((entry.name, "unexpected", "not listed in the manifest"))
+    report.problems.sort()
+    return report

@@ -1,4 +1,4 @@
-"""``verify URL``, and stores made of parts: every byte re-read and compared with the manifests.
+"""``verify URL``: every byte of a store at a URL (or of each of its parts) re-read and compared with its manifest.
 
 Each file the manifest lists is streamed (ranged reads of
 :data:`~tensorstore_ds.store.transfer.BLOCK` bytes, several files at once) and
@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError, StoreFormatError
-from ..format.manifest import MANIFEST, PARTS_DIR, Manifest
+from ..format.manifest import MANIFEST
 from ..options import progress_disabled
+from .report import VerifyReport
 from .transfer import BLOCK, Remote
-from .verify import VerifyReport
 
 IGNORED_PREFIXES = (".convert/", ".push/")  # a conversion's lease, a push's ledger: not store data
 
@@ -135,23 +134,3 @@ def _check_structure(remote: Remote, report: VerifyReport, storage_options: dict
         except StoreError as exc:
             if not any(kind == "altered" for _, kind, _ in report.problems):
                 report.problems.append((MANIFEST, "inconsistent", str(exc)))
-
-
-def verify_local_parts(root: Path, manifest: Manifest, progress: bool, threads: int) -> VerifyReport:
-    """A local store made of parts: each part verified in full, and each part's manifest against its pin."""
-    from ..format.hashing import hash_file
-    from .verify import verify
-
-    report = VerifyReport(str(root))
-    for part in manifest.parts:
-        sub = verify(root / part["path"], progress, threads)
-        report.problems += [(f"{part['path']}/{name}", kind, detail) for name, kind, detail in sub.problems]
-        report.checked += sub.checked
-        report.bytes += sub.bytes
-        if hash_file(root / part["path"] / MANIFEST)[1] != part["manifest_sha256"]:
-            report.problems.append((f"{part['path']}/{MANIFEST}", "altered", "not the manifest the store lists"))
-    for entry in root.iterdir():
-        if entry.name not in (PARTS_DIR, MANIFEST):
-            report.problems.append((entry.name, "unexpected", "not listed in the manifest"))
-    report.problems.sort()
-    return report

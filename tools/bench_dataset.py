@@ -12,6 +12,7 @@ does in training):
 - RAM mode through a DataLoader with 2 workers (persistent; whole epochs, each with its
   start), paired with an in-process epoch of the same batches right before it: the ratio
   is the median of the pairs' ratios, so the machine's load changes both alike;
+  the same epochs gathered in-process by 2 threads (``gather_threads=2``);
   and a plain numpy Dataset with 2 workers;
 - the seed-style loader (a list of PIL images, batch converted to a uint8 tensor);
 - Hugging Face datasets with an Array3D column, memory-mapped, ``with_format("numpy")``;
@@ -209,8 +210,9 @@ def paired_worker_ratio(ds: TensorStoreDataset, args: argparse.Namespace, out: d
     import statistics
 
     loader = make_loader(ds, args, 2, "fork", collate)
+    threaded = TensorStoreDataset(ds.path, mode="ram", progress=False, gather_threads=2)
     idxs = batches(len(ds), args.batch, args.batches, 5)
-    ratios, rates = [], []
+    ratios, rates, thread_ratios, thread_rates = [], [], [], []
     for _ in range(max(args.repeats, 7)):
         start = time.perf_counter()
         served = sum(len(collate(ds.__getitems__(i))["index"]) for i in idxs)
@@ -219,8 +221,14 @@ def paired_worker_ratio(ds: TensorStoreDataset, args: argparse.Namespace, out: d
         served = epoch(loader)
         rates.append(served / (time.perf_counter() - start))
         ratios.append(rates[-1] / alone)
+        start = time.perf_counter()
+        served = sum(len(collate(threaded.__getitems__(i))["index"]) for i in idxs)
+        thread_rates.append(served / (time.perf_counter() - start))
+        thread_ratios.append(thread_rates[-1] / alone)
     out["ram_loader_2_workers"] = statistics.median(rates)
     out["workers_over_in_process_paired"] = statistics.median(ratios)
+    out["ram_2_gather_threads"] = statistics.median(thread_rates)
+    out["threads_over_in_process_paired"] = statistics.median(thread_ratios)
 
 
 class NumpyDataset:
@@ -365,6 +373,11 @@ def report(out: dict[str, Any]) -> None:
         ("RAM mode, DataLoader 0 workers", out["ram_loader_0_workers"], f"{out['ram_loader_0_workers'] / base:.2f}"),
         ("RAM mode, DataLoader 2 workers", out["ram_loader_2_workers"], f"{out['ram_loader_2_workers'] / base:.2f}"),
         (
+            "RAM mode, in-process, 2 gather threads",
+            out["ram_2_gather_threads"],
+            f"{out['ram_2_gather_threads'] / base:.2f}",
+        ),
+        (
             "numpy Dataset, DataLoader 0 workers",
             out["numpy_dataset_0_workers"],
             f"{out['numpy_dataset_0_workers'] / base:.2f}",
@@ -385,6 +398,7 @@ def report(out: dict[str, Any]) -> None:
         f"RAM 2 workers / RAM in-process, whole epochs of {out['batches']} batches with their start, "
         f"median of back-to-back pairs: {out['workers_over_in_process_paired']:.2f}"
     )
+    print(f"RAM 2 gather threads / RAM in-process, same pairs: {out['threads_over_in_process_paired']:.2f}")
     print(
         f"RAM mode / seed-style, both through a DataLoader with 0 workers: "
         f"{out['ram_loader_0_workers'] / out['seed_style']:.1f}x"

@@ -97,7 +97,12 @@ def run_job(store: Path, args: argparse.Namespace, shm: Path | None) -> dict[str
         p.wait()
     data = int((sync / "done-0").read_text())
     shutil.rmtree(sync, ignore_errors=True)
-    return {"pss": pss, "data": data, "reports": reports, "copies": [c for c in copies if "shared" in c]}
+    return {
+        "pss": pss,
+        "data": data,
+        "reports": reports,
+        "copies": [c for c in copies if "shared" in c and not c.endswith(".lock")],
+    }
 
 
 def main() -> None:

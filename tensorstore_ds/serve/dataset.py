@@ -40,6 +40,7 @@ from .fields import (
 from .part import StorePart, shared_nbytes
 from .ring import SlotHandle, carve, layout_bytes, process_ring
 from .shm import free_bytes, shm_dir
+from .threads import take_in_threads
 
 log = logging.getLogger("tensorstore_ds")
 StorePath = Union[str, "os.PathLike[str]", Store]
@@ -87,6 +88,10 @@ class TensorStoreDataset(torch.utils.data.Dataset):
         ``"first"`` (default): ``caption`` is the stored first caption.
         ``"random"``: one of the sample's ``captions``, picked anew each epoch
         by ``(seed, epoch, sample)`` (see :meth:`set_epoch`; the sampler calls it).
+    gather_threads
+        In RAM mode outside DataLoader workers, gather each batch with this
+        many threads of the main process (see :mod:`tensorstore_ds.serve.threads`
+        for when threads beat worker processes).
     """
 
     def __init__(
@@ -102,8 +107,12 @@ class TensorStoreDataset(torch.utils.data.Dataset):
         cache_limit: int | str | None = None,
         storage_options: dict[str, Any] | None = None,
         caption_choice: str = "first",
+        gather_threads: int = 1,
     ) -> None:
         check_mode(mode)
+        if type(gather_threads) is not int or gather_threads < 1:
+            raise OptionsError(f"gather_threads must be a whole number of at least 1, not {gather_threads!r}")
+        self.gather_threads = gather_threads
         self.several = isinstance(path, (list, tuple))
         paths: list[StorePath] = list(path) if isinstance(path, (list, tuple)) else [cast(StorePath, path)]
         if not paths:
@@ -221,8 +230,11 @@ class TensorStoreDataset(torch.utils.data.Dataset):
         if s is None:
             return self.audio_mask.fill({public_name(f): a.take(idx) for f, a in self._arrays.items()}), None
         views = carve(ring.view(s, nbytes, release=not in_worker), layout)
-        for f, a in self._arrays.items():
-            a.take(idx, out=views[public_name(f)])
+        if self.gather_threads > 1 and self.mode == "ram" and not in_worker:
+            take_in_threads(self._arrays, idx, {f: views[public_name(f)] for f in self._arrays}, self.gather_threads)
+        else:
+            for f, a in self._arrays.items():
+                a.take(idx, out=views[public_name(f)])
         return self.audio_mask.fill(views), (ring.handle(s, nbytes, layout) if in_worker else None)
 
     def close(self) -> None:

@@ -456,6 +456,18 @@ def test_bad_memory_budget(stores: Stores, budget: Any) -> None:
         TensorStoreDataset(stores.image, memory_budget=budget, progress=False)
 
 
+def test_gather_threads_serve_the_same_batches(stores: Stores, expected: Expected) -> None:
+    one = dataset(stores.image, "ram", fields=["image", "image_size", "caption"])
+    threaded = dataset(stores.image, "ram", fields=["image", "image_size", "caption"], gather_threads=3)
+    for indices in ([0], [5, 3, 48, 3, 0, 17, 22], list(range(len(one)))[::-1]):
+        a, b = collate(one.__getitems__(indices)), collate(threaded.__getitems__(indices))
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["image_size"], b["image_size"])
+        assert a["caption"] == b["caption"]
+        assert np.array_equal(b["image"].permute(0, 2, 3, 1).numpy(), expected.images[indices])
+    with pytest.raises(OptionsError, match="gather_threads must be a whole number of at least 1, not 0"):
+        dataset(stores.image, "ram", gather_threads=0)
+
+
 def test_bad_mode(stores: Stores) -> None:
     with pytest.raises(OptionsError, match="mode must be one of"):
         TensorStoreDataset(stores.image, mode="disk")

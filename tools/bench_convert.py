@@ -231,7 +231,7 @@ def main() -> None:
         print(json.dumps({**rates, "mean diff": mean, "worst diff": worst, "pillow": Image.__version__}))
         return
     workdir = Path(args.workdir)
-    source = workdir / f"photos-like-{args.images}"
+    source = workdir / f"photos-like-v2-{args.images}"
     files = make_photos(source, args.images)
     out = workdir / "convert-out"
     if args.all_cores:

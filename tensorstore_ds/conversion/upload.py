@@ -29,6 +29,9 @@ chunks' from the ledger). Then it deletes the lease and the scratch directory.
 
 Two conversions into one URL: a :class:`~tensorstore_ds.store.objects.Lease`
 at ``URL/.convert/lease.json`` refuses the second (see its documented limits).
+A Dask task waits for a held lease to expire instead (up to its TTL): Dask
+retries a shard whose worker was lost on another worker at once, and the lost
+worker's lease must run out first.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from ..format.hashing import hash_file, store_files
 from ..format.layout import TEMP_FILE, ArraySpec, write_json_atomic
 from ..format.manifest import MANIFEST, Manifest
 from ..options import cache_root
-from ..store.objects import LEASE, Lease, Uploader, delete, put_bytes, sizes
+from ..store.objects import LEASE, SETTLE, TTL, Lease, Uploader, delete, put_bytes, sizes
 from ..store.transfer import Remote
 from .writer import Plan, StoreWriter
 
@@ -79,7 +82,7 @@ def open_url_writer(
             f"{remote.url} is not empty and is not a tensorstore_ds store (holds {shown}); "
             "choose an empty prefix or overwrite=True"
         )
-    lease = Lease(remote).acquire()
+    lease = Lease(remote).acquire(wait=TTL + SETTLE if _in_dask_task() else 0.0)
     try:
         if overwrite:
             for name in present:
@@ -197,6 +200,17 @@ class UploadingWriter(StoreWriter):
             self.uploader = None  # type: ignore[assignment]
             _release(self.lease)
         super().close()
+
+
+def _in_dask_task() -> bool:
+    """Whether this runs as a Dask task (whose retry after a lost worker must outwait the dead worker's lease)."""
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return False
+    return True
 
 
 def _release(lease: Lease) -> None:

@@ -55,6 +55,7 @@ from .transfer import BACKOFF, RETRIES, Remote, transient_errors
 LEASE = ".convert/lease.json"
 TTL = 120.0
 SETTLE = 1.0
+POLL = 5.0
 BUCKET_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs")
 
 
@@ -277,9 +278,21 @@ class Lease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def acquire(self) -> Lease:
-        """Take the lease, or raise :class:`StoreLeaseError` naming its holder."""
-        self._refuse_if_held()
+    def acquire(self, wait: float = 0.0) -> Lease:
+        """Take the lease, or raise :class:`StoreLeaseError` naming its holder.
+
+        With ``wait``, a lease held by another owner is waited for (polled)
+        for up to that many seconds: until it is released or expires.
+        """
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                self._refuse_if_held()
+                break
+            except StoreLeaseError as exc:
+                if time.monotonic() + min(exc.seconds_left, POLL) > deadline:
+                    raise
+                time.sleep(max(0.05, min(exc.seconds_left, POLL)))
         self._write()
         time.sleep(self.settle)
         held = self._read()

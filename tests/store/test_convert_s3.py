@@ -212,3 +212,17 @@ def test_command_line_convert_info_verify(s3: S3, tmp_path: Path, capsys: pytest
     assert '"samples": 29' in capsys.readouterr().out
     assert main(["verify", url, "--quiet", *flags]) == 0
     assert re.search(r"store s3://.*/cli: all \d+ files verified", capsys.readouterr().out)
+
+
+def test_a_lease_can_be_waited_for(s3: S3) -> None:
+    bucket, storage = s3
+    remote = Remote(f"{bucket}/w", storage)
+    first = Lease(remote, ttl=0.6, settle=0.05)
+    first.acquire()
+    first._stop.set()  # a worker that died: its lease is no longer renewed
+    with pytest.raises(StoreLeaseError):
+        Lease(remote, settle=0.05).acquire()
+    start = time.monotonic()
+    second = Lease(remote, settle=0.05).acquire(wait=5)  # what a Dask retry does
+    assert 0.1 < time.monotonic() - start < 5
+    second.release()

@@ -11,14 +11,21 @@ import pytest
 
 import tensorstore_ds.store.objects
 import tensorstore_ds.store.transfer
-from tensorstore_ds import open_store
+from tensorstore_ds import TensorStoreDataset, open_store
 from tensorstore_ds.cli import main
 from tensorstore_ds.errors import BucketNotFoundError, StoreAccessError, StoreError
 from tensorstore_ds.format.manifest import MANIFEST
 from tensorstore_ds.store.pull import pull
 from tensorstore_ds.store.push import PUSH_DIR, push
 from tests.s3server import FaultProxy, s3_options
-from tests.stores import assert_same_values, build_image_store, snapshot, tree_bytes
+from tests.stores import (
+    assert_same_items,
+    assert_same_values,
+    batch_items,
+    build_image_store,
+    snapshot,
+    tree_bytes,
+)
 
 S3 = tuple[str, dict[str, Any]]
 
@@ -48,6 +55,10 @@ def test_push_uploads_every_file_and_the_manifest_last(local: Path, s3: S3, tmp_
     assert_same_values(snapshot(store), snapshot(open_store(local)))
     pull(url, tmp_path / "pulled", progress=False, storage_options=options)
     assert tree_bytes(tmp_path / "pulled") == tree_bytes(local)
+    expected = batch_items(TensorStoreDataset(local, progress=False), list(range(len(store))))
+    for mode in ("ram", "paged"):
+        ds = TensorStoreDataset(url, mode=mode, storage_options=options, progress=False)
+        assert_same_items(batch_items(ds, list(range(len(store)))), expected)
 
 
 def test_the_manifest_is_uploaded_last(local: Path, s3: S3, fault_proxy: FaultProxy) -> None:

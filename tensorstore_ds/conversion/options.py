@@ -119,7 +119,8 @@ class ConvertOptions:
         None, "convert only shard K/N of the source into OUT/.shards/ (job arrays); then run 'commit OUT'"
     )
     storage_options: dict[str, Any] | None = _option(  # noqa: RUF009  (frozen: never mutated)
-        None, "when OUT is a URL (s3://, gs://...): fsspec options such as endpoint_url, key, secret (repeatable KEY=VALUE)"
+        None,
+        "when OUT is a URL (s3://, gs://...): fsspec options such as endpoint_url, key, secret (repeatable KEY=VALUE)",
     )
     scratch_dir: str | None = _option(
         None, "when OUT is a URL: local directory for chunks awaiting upload and resume state (default: the cache)"

@@ -198,12 +198,18 @@ def _parts(doc: dict[str, Any], path: Path, num_samples: int) -> list[dict[str, 
     if not isinstance(parts, list):
         raise StoreFormatError(path, f"parts is {type(parts).__name__}, not a list")
     for part in parts:
-        ok = isinstance(part, dict) and isinstance(part.get("path"), str) and isinstance(part.get("manifest_sha256"), str)
+        ok = (
+            isinstance(part, dict)
+            and isinstance(part.get("path"), str)
+            and isinstance(part.get("manifest_sha256"), str)
+        )
         if not ok or any(type(part.get(k)) is not int or part[k] < 0 for k in ("num_samples", "rows_read")):
             raise StoreFormatError(path, f"parts entry {short_repr(part)} lacks a path, counts or a manifest sha256")
         check_name(part["path"], path)
     if sum(p["num_samples"] for p in parts) != num_samples:
-        raise StoreFormatError(path, f"the parts hold {sum(p['num_samples'] for p in parts)} samples, not {num_samples}")
+        raise StoreFormatError(
+            path, f"the parts hold {sum(p['num_samples'] for p in parts)} samples, not {num_samples}"
+        )
     return parts
 
 

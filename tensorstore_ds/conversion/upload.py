@@ -90,6 +90,8 @@ def open_url_writer(
                     delete(remote, name)
         scratch = scratch_for(remote.url, scratch_root)
         scratch.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            (scratch / LEDGER).unlink(missing_ok=True)
         writer = cast(UploadingWriter, UploadingWriter.open(scratch / "store", plan, overwrite=overwrite))
         writer.attach(remote, lease, scratch)
         return writer
@@ -125,8 +127,8 @@ class UploadingWriter(StoreWriter):
         for name in store_files(self.root):
             if name in self._uploaded:
                 (self.root / name).unlink()
-            elif self._is_chunk(name) and not self.finished:
-                self.uploader.submit(name, self.root / name)
+            elif self._is_chunk(name) and not self.finished and _chunk_index(name) < self.chunks:
+                self.uploader.submit(name, self.root / name)  # committed, not uploaded: a killed run's
 
     def _is_chunk(self, name: str) -> bool:
         media = {c.name for c in self.plan.columns if c.media}
@@ -172,8 +174,8 @@ class UploadingWriter(StoreWriter):
         from ..format.hashing import checksum_files
 
         chunks = {s.chunk_key(k) for s in manifest.arrays.values() for k in range(s.num_chunks)}
-        uploaded = {n: e for n, e in self._uploaded.items() if n in chunks}
-        local = [n for n in store_files(self.root) if n not in uploaded]
+        local = store_files(self.root)  # a file still here is hashed here, whatever the ledger says
+        uploaded = {n: e for n, e in self._uploaded.items() if n in chunks and n not in set(local)}
         files = {**uploaded, **checksum_files(self.root, local)}
         manifest.files = dict(sorted(files.items()))
         write_json_atomic(self.root / MANIFEST, manifest.to_json())
@@ -183,7 +185,7 @@ class UploadingWriter(StoreWriter):
         uploader = Uploader(self.remote, UPLOAD_WORKERS, 4 * UPLOAD_WORKERS)
         try:
             for name in manifest.files:
-                if name not in self._uploaded:
+                if (self.root / name).is_file():  # the rest was uploaded as it was committed
                     uploader.submit(name, self.root / name)
             uploader.drain()
         finally:
@@ -200,6 +202,11 @@ class UploadingWriter(StoreWriter):
             self.uploader = None  # type: ignore[assignment]
             _release(self.lease)
         super().close()
+
+
+def _chunk_index(name: str) -> int:
+    """``k`` of a chunk file ``ARRAY/c/k/0/...``; a file past the resume state is rewritten, not uploaded."""
+    return int(name.split("/c/", 1)[1].split("/", 1)[0])
 
 
 def _in_dask_task() -> bool:

@@ -226,3 +226,18 @@ def test_a_lease_can_be_waited_for(s3: S3) -> None:
     second = Lease(remote, settle=0.05).acquire(wait=5)  # what a Dask retry does
     assert 0.1 < time.monotonic() - start < 5
     second.release()
+
+
+def test_overwrite_starts_over_in_the_bucket(s3: S3, tmp_path: Path) -> None:
+    bucket, storage = s3
+    url = f"{bucket}/o"
+    convert(source(tmp_path, 30), url, **options(storage_options=storage))
+    other = tmp_path / "other"
+    other.mkdir()
+    src = source(other, 14)
+    manifest = convert(src, url, **options(storage_options=storage, overwrite=True))
+    assert manifest.num_samples == 13
+    convert(src, tmp_path / "local", **options())
+    stored = {n: b for n, b in objects_of(url, storage).items() if n != MANIFEST}
+    assert stored == {n: b for n, b in tree_bytes(tmp_path / "local").items() if n != MANIFEST}
+    assert verify(url, progress=False, storage_options=storage).ok

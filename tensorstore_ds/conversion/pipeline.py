@@ -3,7 +3,9 @@
 Rows move through four stages, each bounded:
 
 1. *read*: tasks are read from the source while fewer than ``lookahead``
-   tasks are in flight past the oldest unfinished one (the head);
+   tasks are in flight past the oldest unfinished one (the head), and fewer
+   than 4 decode windows (stage 3) of them carry their media bytes (embedded
+   images or arrays, which wait in memory; URLs and paths are small);
 2. *fetch*: URL tasks are fetched by threads. ``fetch_threads`` fetches run at
    once; a fetch running longer than :data:`SLOW_AFTER` seconds (a stalled
    server) stops counting, so another may start, up to ``STALL_ROOM`` times
@@ -13,8 +15,9 @@ Rows move through four stages, each bounded:
    while ``fetch_threads`` fetched bodies are still undecoded, so bodies in
    memory are bounded whatever the decode speed;
 3. *decode*: fetched bodies (and paths, bytes, arrays) are decoded by a pool
-   of worker processes, at most ``4 x workers`` at once, or inline in the
-   calling thread when ``workers == 0``. With a :class:`~.staging.Stage`, a
+   of worker processes, in batches of up to :data:`BATCH` samples per task
+   (one pickle and one future per batch), at most ``4 x workers x BATCH``
+   samples at once, or inline in the calling thread when ``workers == 0``. With a :class:`~.staging.Stage`, a
    worker writes the decoded media row into its slot of the staging file and
    returns only the small values, so the converting process neither
    unpickles nor copies more than once;
@@ -52,11 +55,13 @@ from typing import Any
 from ..errors import DecoderStartError, SampleError
 from .fetch import Fetcher
 from .hosts import Hosts, host_of
-from .staging import Stage, decode_staged
+from .staging import Stage, StagedRows, decode_batch, decode_staged
 from .tasks import Outcome, Task, process_pool
 
 SLOW_AFTER = 1.0  # seconds after which a fetch counts as stalled and frees its concurrency slot
 STALL_ROOM = 4  # fetch threads at most, as a multiple of fetch_threads
+BATCH = 8  # samples per decode-process task at most: fewer pickles, futures and wake-ups per sample
+HEAVY = frozenset({"bytes", "array"})  # task kinds whose payload is the media itself
 
 
 class _Item:
@@ -112,11 +117,11 @@ class Pipeline:
         self.hosts = hosts if hosts is not None else Hosts(trip_after=0)
         self.stage = stage
         self.lookahead = stage.depth if stage is not None else max(8, lookahead)
-        self.decode_window = max(8, 4 * workers)
+        self.decode_window = max(8, 4 * workers * BATCH)
         self._procs: ProcessPoolExecutor | None = None
         self._solo: ProcessPoolExecutor | None = None  # decodes one sample at a time after a crash
         self._threads: ThreadPoolExecutor | None = None
-        self._view: Any = None
+        self._staged: StagedRows | None = None
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._to_fetch: deque[_Item] = deque()
@@ -131,7 +136,7 @@ class Pipeline:
         if self.workers > 0:
             self._procs = process_pool(self.workers)
         if self.stage is not None:
-            self._view = self.stage.create()
+            self._staged = self.stage.create()
         if self.fetcher is not None:
             self._threads = ThreadPoolExecutor(STALL_ROOM * self.fetch_threads, thread_name_prefix="tsds-fetch")
         return self
@@ -145,7 +150,9 @@ class Pipeline:
         if self.fetcher is not None:
             self.fetcher.close()
         if self.stage is not None:
-            self._view = None
+            if self._staged is not None:
+                self._staged.close()
+                self._staged = None
             self.stage.remove()
 
     @property
@@ -168,18 +175,20 @@ class Pipeline:
     def map(self, tasks: Iterable[Task]) -> Iterator[tuple[Task, Outcome]]:
         """Yield ``(task, values or SampleError)`` in the order of ``tasks``."""
         source, window = iter(tasks), deque[_Item]()
-        seq, exhausted = 0, False
+        seq, heavy, exhausted = 0, 0, False  # heavy: tasks in the window that carry their media bytes
         while True:
-            while not exhausted and len(window) < self.lookahead and self._room_to_read():
+            while not exhausted and len(window) < self.lookahead and self._room_to_read(heavy):
                 task = next(source, None)
                 if task is None:
                     exhausted = True
                     break
                 window.append(self._admit(_Item(seq, task)))
+                heavy += task.kind in HEAVY
                 seq += 1
             self._pump(inline=True)
             if window and window[0].future.done():
                 head = window.popleft()
+                heavy -= head.task.kind in HEAVY
                 yield head.task, self._outcome(head)
                 continue
             if not window and exhausted:
@@ -188,7 +197,9 @@ class Pipeline:
                 if not (window and window[0].future.done()):
                     self._wake.wait(0.25 if self._fetching else 2.0)
 
-    def _room_to_read(self) -> bool:
+    def _room_to_read(self, heavy: int) -> bool:
+        if heavy >= 4 * self.decode_window:  # embedded media wait in memory, not staged: keep them few
+            return False
         return len(self._to_decode) < self.decode_window and len(self._to_fetch) < 2 * self.fetch_threads
 
     def _admit(self, item: _Item) -> _Item:
@@ -218,8 +229,13 @@ class Pipeline:
             decodes = self._decodes_to_start(inline)
         for item in starts:
             self._start_fetch(item)
-        for item in decodes:
-            self._start_decode(item)
+        if self.workers == 0:
+            for item in decodes:
+                self._start_decode(item)
+            return
+        size = max(1, min(BATCH, len(decodes) // self.workers))  # every worker gets some
+        for start in range(0, len(decodes), size):
+            self._start_batch(decodes[start : start + size])
 
     def _fetches_to_start(self) -> list[_Item]:
         starts: list[_Item] = []
@@ -294,6 +310,33 @@ class Pipeline:
         future = self._submit_decode(pool, item)
         future.add_done_callback(lambda f: self._decoded(item, f, pool))
 
+    def _start_batch(self, items: list[_Item]) -> None:
+        pool, stage = self._procs, self.stage
+        assert pool is not None
+        jobs = [(item.seq % stage.depth if stage else 0, item.payload, item.task.args) for item in items]
+        try:
+            future = pool.submit(decode_batch, stage, self.decode, jobs)
+        except BrokenProcessPool as exc:  # broken since the last result: map() decodes them alone
+            future = Future()
+            future.set_exception(exc)
+        future.add_done_callback(lambda f: self._batch_decoded(items, f, pool))
+
+    def _batch_decoded(self, items: list[_Item], future: Future[Any], pool: ProcessPoolExecutor) -> None:
+        error = future.exception()
+        results = future.result() if error is None else [error] * len(items)
+        for item, result in zip(items, results):
+            item.future.pool = pool  # type: ignore[attr-defined]
+            if not isinstance(result, BrokenProcessPool):
+                item.payload = None  # the body is no longer needed: memory stays bounded
+            if isinstance(result, BaseException):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(result)
+        with self._wake:
+            self._decoding -= len(items)
+            self._undecoded -= len(items)
+            self._wake.notify()
+
     def _submit_decode(self, pool: ProcessPoolExecutor | None, item: _Item) -> Future[dict[str, Any]]:
         args = (item.payload, *item.task.args)
         if pool is None:
@@ -338,9 +381,9 @@ class Pipeline:
         return self._unstage(item, values)
 
     def _unstage(self, item: _Item, values: dict[str, Any]) -> dict[str, Any]:
-        """Put the staged media row (a view of its slot, valid until the next result) into ``values``."""
-        if self.stage is not None and item.task.kind != "done":
-            values[self.stage.field] = self._view[item.seq % self.stage.depth]
+        """Put the staged media row (in a buffer reused for the next result) into ``values``."""
+        if self.stage is not None and self._staged is not None and item.task.kind != "done":
+            values[self.stage.field] = self._staged.read(item.seq % self.stage.depth)
         return values
 
     def _replace(self, broken: ProcessPoolExecutor | None) -> None:

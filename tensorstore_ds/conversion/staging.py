@@ -2,9 +2,11 @@
 
 A decode process does not send its decoded row back through a pipe (a pickle
 of 150 KB per 224x224 image, unpickled and copied by the converting process).
-It writes the row into one slot of a memory-mapped file, the staging file,
-and sends back only the small values (the image size, the audio length). The
-converting process copies the slot into the chunk it is filling, once.
+It writes the row into one slot of a file, the staging file, with one
+``pwrite``, and sends back only the small values (the image size, the audio
+length). The converting process reads the slot with one ``preadv`` into a
+reused row buffer (no mapping, so no page faults), and the writer copies it
+into the chunk it is filling.
 
 Slots are reused in a fixed rotation: the pipeline's ``n``-th task uses slot
 ``n % depth``, and at most ``depth`` tasks are in flight past the oldest
@@ -25,7 +27,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Stage", "decode_staged"]
+from ..errors import SampleError
+
+__all__ = ["Stage", "StagedRows", "decode_batch", "decode_staged"]
 
 
 @dataclass(frozen=True)
@@ -54,33 +58,84 @@ class Stage:
     @property
     def nbytes(self) -> int:
         """Size of the file: every slot."""
-        return self.depth * int(np.prod(self.row_shape)) * np.dtype(self.dtype).itemsize
+        return self.depth * self.row_bytes
 
-    def create(self) -> np.memmap[Any, Any]:
-        """Create (or empty) the file, sparse and full size, and map it."""
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one slot."""
+        return int(np.prod(self.row_shape)) * np.dtype(self.dtype).itemsize
+
+    def create(self) -> StagedRows:
+        """Create (or empty) the file, sparse and full size; return its reader."""
+        _close(self)
         with open(self.path, "wb") as f:
             f.truncate(self.nbytes)
-        _OPEN.pop(self, None)
-        return self.open()
+        return StagedRows(self)
 
-    def open(self) -> np.memmap[Any, Any]:
-        """Map the file (once per process)."""
-        view = _OPEN.get(self)
-        if view is None:
-            view = np.memmap(self.path, self.dtype, "r+", shape=(self.depth, *self.row_shape))
-            _OPEN[self] = view
-        return view
+    def write(self, slot: int, row: np.ndarray) -> None:
+        """Write one row into ``slot`` (the file is opened once per process)."""
+        fd = _OPEN.get(self)
+        if fd is None:
+            fd = _OPEN[self] = os.open(self.path, os.O_RDWR)
+        data = np.ascontiguousarray(row, self.dtype)
+        if data.nbytes != self.row_bytes:
+            raise ValueError(f"a staged row has {data.nbytes} bytes, not {self.row_bytes}")
+        if os.pwrite(fd, data.data.cast("B"), slot * self.row_bytes) != self.row_bytes:
+            raise OSError(f"short write to the staging file {self.path}")
 
     def remove(self) -> None:
-        """Unmap and delete the file."""
-        _OPEN.pop(self, None)
+        """Delete the file."""
+        _close(self)
         try:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
 
 
-_OPEN: dict[Stage, np.memmap[Any, Any]] = {}
+class StagedRows:
+    """Reads staged rows in the converting process into one reused row buffer."""
+
+    def __init__(self, stage: Stage) -> None:
+        self.stage = stage
+        self.fd = os.open(stage.path, os.O_RDONLY)
+        self.row = np.empty(stage.row_shape, stage.dtype)
+        self._view = self.row.data.cast("B")
+
+    def read(self, slot: int) -> np.ndarray:
+        """Slot ``slot``, in the row buffer (valid until the next read)."""
+        if os.preadv(self.fd, [self._view], slot * self.stage.row_bytes) != self.stage.row_bytes:
+            raise OSError(f"short read from the staging file {self.stage.path}")
+        return self.row
+
+    def close(self) -> None:
+        """Close the file."""
+        os.close(self.fd)
+
+
+_OPEN: dict[Stage, int] = {}  # this process's file descriptor of each staging file
+
+
+def _close(stage: Stage) -> None:
+    fd = _OPEN.pop(stage, None)
+    if fd is not None:
+        os.close(fd)
+
+
+def decode_batch(
+    stage: Stage | None, decode: Callable[..., dict[str, Any]], jobs: list[tuple[int, Any, tuple[Any, ...]]]
+) -> list[dict[str, Any] | SampleError]:
+    """Decode several ``(slot, payload, args)`` jobs in one decode-process task: one pickle, one future.
+
+    A :class:`SampleError` is returned in place of its sample's values; any
+    other exception (a bug, not a bad sample) fails the whole batch.
+    """
+    out: list[dict[str, Any] | SampleError] = []
+    for slot, payload, args in jobs:
+        try:
+            out.append(decode_staged(stage, slot, decode, payload, *args) if stage else decode(payload, *args))
+        except SampleError as exc:
+            out.append(exc)
+    return out
 
 
 def decode_staged(
@@ -91,5 +146,5 @@ def decode_staged(
     Runs in a decode process; ``decode`` is a module-level function.
     """
     values = decode(payload, *args)
-    stage.open()[slot] = values.pop(stage.field)
+    stage.write(slot, values.pop(stage.field))
     return values

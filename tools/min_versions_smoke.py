@@ -8,7 +8,8 @@ It touches every dependency on the path a user takes, with media it makes itself
 - each store opened with :func:`tensorstore_ds.open_store` (zarr must not be
   needed) and served in RAM and paged mode through a torch ``DataLoader``;
 - the image store read again from an ``http://`` URL (fsspec with aiohttp);
-- when PyAV is installed, an M4A clip decoded through it.
+- when PyAV is installed, an M4A clip decoded through it;
+- when the ``s3``/``gcs`` extras are installed, their filesystems constructed.
 
 Prints one line per step and ``min-versions smoke: N passed, 0 failed`` at the end;
 any failure raises.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import importlib.util
 import io
 import json
 import sys
@@ -168,6 +170,16 @@ def convert_m4a(work: Path) -> None:
     assert manifest.counts["failed"] == 0, manifest.counts
 
 
+@step("object-storage filesystems construct (s3fs, gcsfs)")
+def object_storage(names: list[str]) -> None:
+    import fsspec
+
+    for name in names:
+        options = {"anon": True} if name == "s3fs" else {"token": "anon"}
+        fs = fsspec.filesystem("s3" if name == "s3fs" else "gcs", **options)
+        assert fs.protocol, fs
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -187,6 +199,9 @@ def main() -> int:
                 print("skip decode an M4A clip through PyAV (av is not installed)")
             else:
                 convert_m4a(work)
+            extras = [name for name in ("s3fs", "gcsfs") if importlib.util.find_spec(name) is not None]
+            if extras:
+                object_storage(extras)
         finally:
             server.shutdown()
     print(f"min-versions smoke: {len(PASSED)} passed, 0 failed")

@@ -167,7 +167,7 @@ class Pipeline:
             return None
         try:
             return pool.submit(fn, *args)
-        except BrokenProcessPool:
+        except RuntimeError:  # broken (BrokenProcessPool) or shut down: the caller does it itself
             return None
 
     # --- the ordered loop ------------------------------------------------------

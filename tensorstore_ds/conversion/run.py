@@ -161,14 +161,15 @@ def _run(
     failed: Counter[str] = Counter()
     shown = time.monotonic()
     with bar, pipe:
-        writer.offload = pipe.offload
+        if workers > 0:
+            writer.use_processes(pipe.offload)
         for task, outcome in pipe.map(_tasks(src, columns, opts, writer, previous)):
             _record(writer, task, outcome, opts, previous, failed)
             bar.update(1)
             if time.monotonic() - shown > PROGRESS_EVERY:
                 shown = time.monotonic()
                 bar.set_postfix(ok=writer.converted, **failed, fetching=pipe.fetches_in_flight, refresh=False)
-        writer.offload = None
+        writer.settle()
 
 
 def _canary(media: str) -> bytes:

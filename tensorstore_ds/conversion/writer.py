@@ -8,12 +8,14 @@ source row after the last committed chunk, so the finished store is identical
 to an uninterrupted run. ``finish`` compacts the parts into the small arrays,
 the caption index and ``failures.jsonl``, then writes the manifest last.
 
-Checksums: when the conversion has decode processes, each committed chunk
-file is hashed by one of them (:attr:`StoreWriter.offload`), not by the
-converting process; a digest that has arrived is kept in the next part file
-(``files``), so it survives a crash. ``finish`` waits for the digests still
-on their way and hashes only the files it has no digest for (small arrays,
-the caption index, chunks whose digest a crash lost).
+Writing elsewhere: when the conversion has decode processes
+(:meth:`StoreWriter.use_processes`), the chunk is filled in a shared buffer
+file and one of them writes the chunk file (with ``fsync``) and hashes it
+(see ``chunkio``); the part file and the state follow once that write has
+returned, so the order above (chunk files, part file, state) still holds
+chunk by chunk, and at most one chunk is on its way while the next fills.
+The digest is kept in the part file (``files``); ``finish`` hashes only the
+files it has no digest for (small arrays, the caption index).
 
 An operating-system error while writing (a full disk, a quota, an I/O error)
 raises :class:`~tensorstore_ds.errors.StoreWriteError`, which keeps ``errno``
@@ -26,6 +28,7 @@ import fcntl
 import json
 import os
 import shutil
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -36,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import OptionsMismatchError, StoreError, StoreLockedError, StoreWriteError
-from ..format.hashing import ALGORITHM, checksum_files, hash_file, store_files
+from ..format.hashing import ALGORITHM, checksum_files, store_files
 from ..format.layout import (
     TEMP_FILE,
     ArraySpec,
@@ -48,6 +51,7 @@ from ..format.layout import (
 )
 from ..format.manifest import FAILURES, FORMAT_VERSION, MANIFEST, RESERVED_DIRS, WORK_DIR, Manifest
 from ..format.text import TextColumnWriter, text_specs
+from .chunkio import ChunkBuffers, write_chunk_from
 
 SMALL_CHUNK_ROWS = 2**20
 
@@ -126,7 +130,8 @@ class StoreWriter:
         self._buffers = {c.name: np.empty((plan.chunk_rows, *c.row_shape), c.dtype) for c in plan.columns if c.media}
         self._part: dict[str, Any] = self._empty_part()
         self.offload: Callable[..., Future[Any] | None] | None = None  # runs a function in another process
-        self._hashing: dict[str, Future[Any]] = {}  # chunk file -> its (size, digest), on the way
+        self._shared: ChunkBuffers | None = None
+        self._pending: deque[tuple[int, int, list[tuple[ArraySpec, Future[Any] | None]], dict[str, Any]]] = deque()
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -260,48 +265,76 @@ class StoreWriter:
         self.failed += 1
         self.next_row = row + 1
 
+    def use_processes(self, offload: Callable[..., Future[Any] | None]) -> None:
+        """Have chunk files written and hashed by ``offload`` (a decode process) from a shared buffer."""
+        media = [(c.name, c.row_shape, c.dtype) for c in self.plan.columns if c.media]
+        with self._writing():
+            self._shared = ChunkBuffers(self.work / "chunks.buf", media, self.plan.chunk_rows)
+        self.offload = offload
+        self._buffers = self._shared.arrays(self.chunks % 2)
+
     def _commit(self, rows: int) -> None:
+        k, b = self.chunks, self.chunks % 2
+        writes: list[tuple[ArraySpec, Future[Any] | None]] = []
         for column in self.plan.columns:
             if column.media and rows:  # a part of failures only has no media chunk
                 spec = ArraySpec(column.name, (rows, *column.row_shape), column.dtype, self.plan.chunk_rows)
-                write_chunk(self.root, spec, self.chunks, self._buffers[column.name][:rows], fsync=True)
-                self._hash_elsewhere(spec.chunk_key(self.chunks))
-        self._part["files"] = self._digests_arrived()
-        write_json_atomic(self.work / "parts" / f"{self.chunks:08d}.json", self._part)
+                writes.append((spec, self._write_elsewhere(b, spec, k)))
+        self._pending.append((k, b, writes, {**self._counts(k + 1), "part": self._part}))
         self.chunks += 1
         self._part = self._empty_part()
-        self._write_state()
+        self._settle(keep=1 if self._shared is not None else 0)  # the other buffer is free again
+        if self._shared is not None:
+            self._buffers = self._shared.arrays(self.chunks % 2)
 
-    def _hash_elsewhere(self, name: str) -> None:
-        """Have another process hash chunk file ``name`` (when there is one)."""
-        future = self.offload(hash_file, self.root / name) if self.offload is not None else None
-        if future is not None:
-            self._hashing[name] = future
+    def settle(self) -> None:
+        """Wait for the chunks being written elsewhere and commit them (before those processes stop)."""
+        with self._writing():
+            self._settle(keep=0)
+        self.offload = None
 
-    def _digests_arrived(self, wait: bool = False) -> dict[str, dict[str, Any]]:
-        """Take the digests computed elsewhere that have arrived (all of them with ``wait``)."""
-        arrived: dict[str, dict[str, Any]] = {}
-        for name, future in list(self._hashing.items()):
-            if not (wait or future.done()):
-                continue
-            del self._hashing[name]
-            try:
-                size, digest = future.result()
-            except Exception:  # the hashing process died: finish hashes the file itself
-                continue
-            arrived[name] = {"size": size, ALGORITHM: digest}
-        return arrived
+    def _write_elsewhere(self, b: int, spec: ArraySpec, k: int) -> Future[Any] | None:
+        if self._shared is None or self.offload is None:
+            return None
+        offset = self._shared.regions[b][spec.name][0]
+        return self.offload(write_chunk_from, str(self._shared.path), offset, self.root, spec, k)
 
-    def _write_state(self) -> None:
-        state = {
-            "chunks": self.chunks,
+    def _settle(self, keep: int) -> None:
+        """Finish the oldest pending commits, in order, until ``keep`` are left: chunk files, part, state."""
+        while len(self._pending) > keep:
+            k, b, writes, state = self._pending[0]
+            part = state.pop("part")
+            buffers = self._shared.arrays(b) if self._shared is not None else self._buffers
+            for spec, future in writes:
+                digest = None
+                if future is not None:
+                    try:
+                        digest = future.result()
+                    except OSError:
+                        raise
+                    except Exception:  # the writing process died: write it here
+                        digest = None
+                if digest is None:
+                    write_chunk(self.root, spec, k, buffers[spec.name][: spec.shape[0]], fsync=True)
+                else:
+                    part["files"][spec.chunk_key(k)] = {"size": digest[0], ALGORITHM: digest[1]}
+            write_json_atomic(self.work / "parts" / f"{k:08d}.json", part)
+            write_json_atomic(self.work / "state.json", state)
+            self.committed = state["converted"]
+            self._pending.popleft()
+
+    def _counts(self, chunks: int) -> dict[str, Any]:
+        return {
+            "chunks": chunks,
             "next_row": self.next_row,
             "converted": self.converted,
             "failed": self.failed,
             "options": self.plan.options,
             "source": self.plan.source,
         }
-        write_json_atomic(self.work / "state.json", state)
+
+    def _write_state(self) -> None:
+        write_json_atomic(self.work / "state.json", self._counts(self.chunks))
         self.committed = self.converted
 
     @contextmanager
@@ -331,6 +364,9 @@ class StoreWriter:
         tail = self.converted - self.chunks * self.plan.chunk_rows
         if tail > 0 or self._part["failures"]:
             self._commit(max(tail, 0))
+        self._settle(keep=0)
+        if self._shared is not None:
+            self._shared.close()
         arrays, failures_by_reason, known = self._compact()
         manifest = Manifest(
             num_samples=self.converted,
@@ -346,7 +382,6 @@ class StoreWriter:
             },
         )
         self._remove_temp_files()
-        known.update(self._digests_arrived(wait=True))
         names = store_files(self.root)
         hashed = checksum_files(self.root, [n for n in names if n not in known], progress=progress)
         manifest.files = {n: known[n] if n in known else hashed[n] for n in names}

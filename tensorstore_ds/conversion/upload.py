@@ -46,7 +46,7 @@ from typing import Any, cast
 
 from ..errors import StoreError
 from ..format.hashing import hash_file, store_files
-from ..format.layout import TEMP_FILE, ArraySpec, write_json_atomic
+from ..format.layout import TEMP_FILE, write_json_atomic
 from ..format.manifest import MANIFEST, Manifest
 from ..options import cache_root
 from ..store.objects import LEASE, SETTLE, TTL, Lease, Uploader, delete, put_bytes, sizes
@@ -148,12 +148,12 @@ class UploadingWriter(StoreWriter):
     def _commit(self, rows: int) -> None:
         self.lease.check()
         super()._commit(rows)
-        if rows and not self._finishing:
-            for column in self.plan.columns:
-                if column.media:
-                    spec = ArraySpec(column.name, (rows, *column.row_shape), column.dtype, self.plan.chunk_rows)
-                    key = spec.chunk_key(self.chunks - 1)
-                    self.uploader.submit(key, self.root / key)
+
+    def committed_chunk(self, k: int, keys: list[str]) -> None:
+        """Chunk ``k`` is durable (files, part, state): upload its files (the tail waits for ``finish``)."""
+        if not self._finishing:
+            for key in keys:
+                self.uploader.submit(key, self.root / key)
 
     def finish(self, counts: dict[str, Any], progress: bool = False) -> Manifest:
         """Finish locally, upload the rest in parallel, then the manifest; release the lease."""

@@ -52,6 +52,7 @@ from ..format.layout import (
 from ..format.manifest import FAILURES, FORMAT_VERSION, MANIFEST, RESERVED_DIRS, WORK_DIR, Manifest
 from ..format.text import TextColumnWriter, text_specs
 from .chunkio import ChunkBuffers, write_chunk_from
+from .staging import StagedRow
 
 SMALL_CHUNK_ROWS = 2**20
 
@@ -246,7 +247,11 @@ class StoreWriter:
         slot = self.converted - self.chunks * self.plan.chunk_rows
         for column in self.plan.columns:
             if column.media:
-                self._buffers[column.name][slot] = values[column.name]
+                value = values[column.name]
+                if isinstance(value, StagedRow):  # still in the staging file: read it straight in
+                    value.read_into(self._buffers[column.name][slot])
+                else:
+                    self._buffers[column.name][slot] = value
             else:
                 value = values[column.name]
                 numpy = isinstance(value, (np.ndarray, np.generic))  # audio_length is an np.int32 scalar
@@ -322,6 +327,10 @@ class StoreWriter:
             write_json_atomic(self.work / "state.json", state)
             self.committed = state["converted"]
             self._pending.popleft()
+            self.committed_chunk(k, [spec.chunk_key(k) for spec, _ in writes])
+
+    def committed_chunk(self, k: int, keys: list[str]) -> None:
+        """Hook: chunk ``k``'s files (``keys``), part and state are durable (a conversion into a URL uploads them)."""
 
     def _counts(self, chunks: int) -> dict[str, Any]:
         return {

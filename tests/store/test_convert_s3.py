@@ -59,12 +59,13 @@ def quick(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("tensorstore_ds.store.transfer.BACKOFF", 0.01)
 
 
-def test_convert_into_s3_is_the_local_store(s3: S3, tmp_path: Path, fault_proxy: FaultProxy) -> None:
+@pytest.mark.parametrize("workers", [0, 2])  # 2: chunk files are written by decode processes, then committed
+def test_convert_into_s3_is_the_local_store(s3: S3, tmp_path: Path, fault_proxy: FaultProxy, workers: int) -> None:
     bucket, storage = s3
     src = source(tmp_path)
     convert(src, tmp_path / "local", **options())
     url = f"{bucket}/stores/one"
-    manifest = convert(src, url, **options(storage_options=fault_proxy.storage_options))
+    manifest = convert(src, url, **options(storage_options=fault_proxy.storage_options, workers=workers))
     stored = objects_of(url, storage)
     local = tree_bytes(tmp_path / "local")
     assert set(stored) == set(local)

@@ -1,7 +1,7 @@
 """CPU time of the converting process itself, per sample, and the ceiling it implies.
 
-Converts a folder of 224 x 224 JPEGs (photo-like, ``metadata.jsonl``
-captions) with ``--workers`` decode processes and reads the converting
+Converts a Parquet file of paths to 224 x 224 JPEGs (photo-like) and
+captions with ``--workers`` decode processes and reads the converting
 process's own CPU time (user + system, all its threads, not its children)
 from ``getrusage``. Fixed costs (imports, opening the source, starting the
 pool, the manifest) are removed by converting twice, ``--small`` and
@@ -42,15 +42,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", type=float, default=0.25, help="maximum ms per sample")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(args.root))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from tensorstore_ds import convert
     from tensorstore_ds.demo.samples import make_image_folder
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_image_folder(Path(tmp) / "photos", args.n, sizes=((224, 224),))
+        paths = sorted(str(p) for p in folder.glob("*.jpg"))
+        table = Path(tmp) / "photos.parquet"
+        pq.write_table(pa.table({"image": paths, "caption": [f"photo {i}" for i in range(len(paths))]}), table)
 
         def cpu(limit: int) -> float:
             before = own_cpu()
-            convert(str(folder), Path(tmp) / "out", image_column="image", workers=args.workers, limit=limit,
+            convert(str(table), Path(tmp) / "out", image_column="image", workers=args.workers, limit=limit,
                     overwrite=True, progress=False)  # fmt: skip
             return own_cpu() - before
 

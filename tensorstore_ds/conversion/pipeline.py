@@ -381,9 +381,9 @@ class Pipeline:
         return self._unstage(item, values)
 
     def _unstage(self, item: _Item, values: dict[str, Any]) -> dict[str, Any]:
-        """Put the staged media row (in a buffer reused for the next result) into ``values``."""
+        """Put the staged media row (a :class:`StagedRow`, to be read before the next result) into ``values``."""
         if self.stage is not None and self._staged is not None and item.task.kind != "done":
-            values[self.stage.field] = self._staged.read(item.seq % self.stage.depth)
+            values[self.stage.field] = self._staged.row(item.seq % self.stage.depth)
         return values
 
     def _replace(self, broken: ProcessPoolExecutor | None) -> None:

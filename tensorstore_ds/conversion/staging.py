@@ -4,9 +4,8 @@ A decode process does not send its decoded row back through a pipe (a pickle
 of 150 KB per 224x224 image, unpickled and copied by the converting process).
 It writes the row into one slot of a file, the staging file, with one
 ``pwrite``, and sends back only the small values (the image size, the audio
-length). The converting process reads the slot with one ``preadv`` into a
-reused row buffer (no mapping, so no page faults), and the writer copies it
-into the chunk it is filling.
+length). The converting process reads the slot with one ``preadv`` into the
+chunk the writer is filling (no mapping, so no page faults, and one copy).
 
 Slots are reused in a fixed rotation: the pipeline's ``n``-th task uses slot
 ``n % depth``, and at most ``depth`` tasks are in flight past the oldest
@@ -29,7 +28,7 @@ import numpy as np
 
 from ..errors import SampleError
 
-__all__ = ["Stage", "StagedRows", "decode_batch", "decode_staged"]
+__all__ = ["Stage", "StagedRow", "StagedRows", "decode_batch", "decode_staged"]
 
 
 @dataclass(frozen=True)
@@ -97,19 +96,39 @@ class StagedRows:
 
     def __init__(self, stage: Stage) -> None:
         self.stage = stage
+        self.row_bytes = stage.row_bytes
         self.fd = os.open(stage.path, os.O_RDONLY)
-        self.row = np.empty(stage.row_shape, stage.dtype)
-        self._view = self.row.data.cast("B")
 
-    def read(self, slot: int) -> np.ndarray:
-        """Slot ``slot``, in the row buffer (valid until the next read)."""
-        if os.preadv(self.fd, [self._view], slot * self.stage.row_bytes) != self.stage.row_bytes:
+    def row(self, slot: int) -> StagedRow:
+        """Slot ``slot``, to be read into its destination (before the slot is reused)."""
+        return StagedRow(self, slot)
+
+    def read_into(self, slot: int, out: np.ndarray) -> None:
+        """Read slot ``slot`` into ``out`` (C-contiguous, one row): one ``preadv``, one copy."""
+        if os.preadv(self.fd, [out.data.cast("B")], slot * self.row_bytes) != self.row_bytes:
             raise OSError(f"short read from the staging file {self.stage.path}")
-        return self.row
 
     def close(self) -> None:
         """Close the file."""
         os.close(self.fd)
+
+
+class StagedRow:
+    """A decoded row still in the staging file: the writer reads it straight into its chunk."""
+
+    __slots__ = ("rows", "slot")
+
+    def __init__(self, rows: StagedRows, slot: int) -> None:
+        self.rows, self.slot = rows, slot
+
+    def read_into(self, out: np.ndarray) -> None:
+        """Copy the row into ``out``."""
+        self.rows.read_into(self.slot, out)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.empty(self.rows.stage.row_shape, self.rows.stage.dtype)
+        self.read_into(out)
+        return out if dtype is None else out.astype(dtype)
 
 
 _OPEN: dict[Stage, int] = {}  # this process's file descriptor of each staging file

@@ -52,6 +52,7 @@ from ..format.layout import (
 from ..format.manifest import FAILURES, FORMAT_VERSION, MANIFEST, RESERVED_DIRS, WORK_DIR, Manifest
 from ..format.text import TextColumnWriter, text_specs
 from .chunkio import ChunkBuffers, write_chunk_from
+from .staging import StagedRow
 
 SMALL_CHUNK_ROWS = 2**20
 
@@ -246,7 +247,11 @@ class StoreWriter:
         slot = self.converted - self.chunks * self.plan.chunk_rows
         for column in self.plan.columns:
             if column.media:
-                self._buffers[column.name][slot] = values[column.name]
+                value = values[column.name]
+                if isinstance(value, StagedRow):  # still in the staging file: read it straight in
+                    value.read_into(self._buffers[column.name][slot])
+                else:
+                    self._buffers[column.name][slot] = value
             else:
                 value = values[column.name]
                 numpy = isinstance(value, (np.ndarray, np.generic))  # audio_length is an np.int32 scalar

@@ -3,7 +3,8 @@
 #   bash tools/dev.sh demo   # convert a built-in sample dataset, load it, iterate as training would
 #   bash tools/dev.sh test   # the test suite
 #   bash tools/dev.sh lint   # ruff (lint and format check) and mypy, as CI runs them
-# Any torch >= 2.2 already importable by $PYTHON is used (the venv sees system site-packages
+# Any torch >= 2.2 already importable by $PYTHON is used, and the NumPy 1.x a torch 2.2 needs is
+# kept (2.2 is pyproject.toml's torch floor: keep the two together; the venv sees system site-packages
 # only if you create it yourself with --system-site-packages); otherwise torch==2.13.0 is
 # installed (set TORCH_SPEC to choose another, e.g. TORCH_SPEC="torch==2.9.1").
 set -euo pipefail

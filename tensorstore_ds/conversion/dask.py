@@ -63,7 +63,7 @@ def convert_on_dask(source: Any, out: str | os.PathLike[str], opts: ConvertOptio
     finally:
         if own:
             client.close()
-    return commit(out, progress=opts.progress)
+    return commit(out, progress=opts.progress, storage_options=opts.storage_options)
 
 
 def _gather_with_progress(futures: list[Any], progress: bool | None) -> None:
@@ -88,5 +88,11 @@ def _gather_with_progress(futures: list[Any], progress: bool | None) -> None:
 
 def _shard_task(source: Any, out: str, shard: tuple[int, int], opts: ConvertOptions) -> tuple[int, int]:
     """Convert one shard; return its samples converted and failed."""
+    from ..store.store import is_url
+
+    if is_url(out) and opts.scratch_dir is None:  # into object storage: scratch on the worker's own disk
+        from distributed import get_worker
+
+        opts = dataclasses.replace(opts, scratch_dir=os.path.join(get_worker().local_directory, "tensorstore_ds"))
     manifest = convert_rows(source, shard_dir(out, *shard), opts, shard=shard)
     return manifest.num_samples, int(manifest.counts.get("failed", 0))

@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--shard-images", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", default=str(ROOT / "bench-out" / "s3"))
+    parser.add_argument("--only", choices=("convert", "sharded", "push"), default=None, help="run one part only")
     args = parser.parse_args()
     work = Path(args.workdir)
     os.environ["TENSORSTORE_DS_CACHE"] = str(work / "cache")
@@ -111,6 +112,11 @@ def main() -> None:
         fs.invalidate_cache()
         shutil.rmtree(scratch, ignore_errors=True)
 
+    if args.only in ("sharded", "push"):
+        convert(str(source), local_out, **opts)
+        lines += (sharded if args.only == "sharded" else push_pull)(args, work, local_out, storage, fs, bucket, opts)
+        print("\n".join(lines))
+        return
     convert(str(source), local_out, **opts)  # warm the datasets and page caches
     t_local = median_seconds(
         lambda: convert(str(source), local_out, **opts), args.repeats, lambda: shutil.rmtree(local_out)
@@ -123,20 +129,40 @@ def main() -> None:
         peaks.append(disk.peak)
 
     t_s3 = median_seconds(to_s3, args.repeats, clear_bucket)
+    small_peaks = []
+
+    def to_s3_small_lookahead() -> None:
+        with PeakDisk(scratch) as disk:
+            convert(
+                str(source),
+                f"s3://{bucket}/store",
+                storage_options=storage,
+                scratch_dir=str(scratch),
+                lookahead=256,
+                **opts,
+            )
+        small_peaks.append(disk.peak)
+
+    t_small = median_seconds(to_s3_small_lookahead, args.repeats, clear_bucket)
     store_bytes = tree_size(local_out)
     lines += [
         "1. convert into S3 vs local disk",
         f"   local disk {t_local:6.1f} s   s3 {t_s3:6.1f} s   ratio {t_s3 / t_local:4.2f}x",
         f"   store {format_bytes(store_bytes)}; scratch disk at peak {format_bytes(max(peaks))} "
         f"({100 * max(peaks) / store_bytes:.0f}% of the store; blocks in use, the staging file included)",
+        f"   with --lookahead 256: s3 {t_small:6.1f} s   ratio {t_small / t_local:4.2f}x   scratch disk at peak "
+        f"{format_bytes(max(small_peaks))} ({100 * max(small_peaks) / store_bytes:.0f}% of the store)",
     ]
-    lines += sharded(args, work, storage, fs, bucket, opts)
-    lines += push_pull(args, work, local_out, storage, fs, bucket)
+    if args.only is None:
+        lines += sharded(args, work, local_out, storage, fs, bucket, opts)
+        lines += push_pull(args, work, local_out, storage, fs, bucket, opts)
     server.close()
     print("\n".join(lines))
 
 
-def sharded(args: Any, work: Path, storage: dict[str, Any], fs: Any, bucket: str, opts: dict[str, Any]) -> list[str]:
+def sharded(
+    args: Any, work: Path, local: Path, storage: dict[str, Any], fs: Any, bucket: str, opts: dict[str, Any]
+) -> list[str]:
     from distributed import Client, LocalCluster
 
     source = work / f"photos-{args.shard_images}"
@@ -183,7 +209,9 @@ def sharded(args: Any, work: Path, storage: dict[str, Any], fs: Any, bucket: str
     ]
 
 
-def push_pull(args: Any, work: Path, local: Path, storage: dict[str, Any], fs: Any, bucket: str) -> list[str]:
+def push_pull(
+    args: Any, work: Path, local: Path, storage: dict[str, Any], fs: Any, bucket: str, opts: dict[str, Any]
+) -> list[str]:
     size = tree_size(local)
     dest, plain = work / "pulled", work / "plain-get"
 

@@ -136,19 +136,25 @@ KILLER = """
 import os, signal, sys
 import tensorstore_ds.conversion.upload as upload
 from tensorstore_ds.conversion.api import convert
-original = upload.UploadingWriter._done
-def done(self, name, path):
+
+
+def done(self, name, path, original=upload.UploadingWriter._done):
     original(self, name, path)
     if len(self._uploaded) >= int(sys.argv[3]):
         os.kill(os.getpid(), signal.SIGKILL)
-upload.UploadingWriter._done = done
-storage = {"key": "testing", "secret": "testing", "endpoint_url": sys.argv[4], "skip_instance_cache": True,
-           "client_kwargs": {"region_name": "us-east-1"}}
-convert(sys.argv[1], sys.argv[2], image_size=16, chunk_mb=%r, workers=0, progress=False, storage_options=storage)
+
+
+if __name__ == "__main__":  # decode processes are spawned: they import this file
+    upload.UploadingWriter._done = done
+    storage = {"key": "testing", "secret": "testing", "endpoint_url": sys.argv[4], "skip_instance_cache": True,
+               "client_kwargs": {"region_name": "us-east-1"}}
+    convert(sys.argv[1], sys.argv[2], image_size=16, chunk_mb=%r, workers=int(sys.argv[5]), progress=False,
+            storage_options=storage)
 """
 
 
-def test_resume_after_sigkill(s3: S3, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 2])  # 2: chunk files written by decode processes
+def test_resume_after_sigkill(s3: S3, tmp_path: Path, workers: int) -> None:
     bucket, storage = s3
     src = source(tmp_path, 40)
     url = f"{bucket}/killed"
@@ -156,14 +162,14 @@ def test_resume_after_sigkill(s3: S3, tmp_path: Path) -> None:
     script.write_text(KILLER % CHUNK_MB)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
     run = subprocess.run(
-        [sys.executable, str(script), str(src), url, "3", storage["endpoint_url"]], env=env, timeout=300
+        [sys.executable, str(script), str(src), url, "3", storage["endpoint_url"], str(workers)], env=env, timeout=300
     )
     assert run.returncode == -signal.SIGKILL
     fs, root = fsspec.core.url_to_fs(url, **storage)
     assert not fs.exists(f"{root}/{MANIFEST}") and fs.exists(f"{root}/{LEASE}")
     with pytest.raises(StoreError, match="there is no manifest.json"):
         open_store(url, storage_options=storage)
-    manifest = convert(src, url, **options(storage_options=storage))  # the dead process's lease is taken over
+    manifest = convert(src, url, **options(storage_options=storage, workers=workers))  # the dead one's lease is taken
     convert(src, tmp_path / "local", **options())
     stored = {n: b for n, b in objects_of(url, storage).items() if n != MANIFEST}
     assert stored == {n: b for n, b in tree_bytes(tmp_path / "local").items() if n != MANIFEST}

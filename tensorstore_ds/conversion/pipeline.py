@@ -52,11 +52,11 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from ..errors import DecoderStartError, SampleError
+from ..errors import SampleError
 from .fetch import Fetcher
 from .hosts import Hosts, host_of
 from .staging import Stage, StagedRows, decode_batch, decode_staged
-from .tasks import Outcome, Task, process_pool
+from .tasks import Outcome, Task, check_decoders_run, process_pool
 
 SLOW_AFTER = 1.0  # seconds after which a fetch counts as stalled and frees its concurrency slot
 STALL_ROOM = 4  # fetch threads at most, as a multiple of fetch_threads
@@ -229,11 +229,7 @@ class Pipeline:
             decodes = self._decodes_to_start(inline)
         for item in starts:
             self._start_fetch(item)
-        if self.workers == 0:
-            for item in decodes:
-                self._start_decode(item)
-            return
-        size = max(1, min(BATCH, len(decodes) // self.workers))  # every worker gets some
+        size = max(1, min(BATCH, len(decodes) // max(1, self.workers)))  # every worker gets some
         for start in range(0, len(decodes), size):
             self._start_batch(decodes[start : start + size])
 
@@ -305,23 +301,20 @@ class Pipeline:
             self._wake.notify()
         self._pump()
 
-    def _start_decode(self, item: _Item) -> None:
-        pool = self._procs
-        future = self._submit_decode(pool, item)
-        future.add_done_callback(lambda f: self._decoded(item, f, pool))
-
     def _start_batch(self, items: list[_Item]) -> None:
         pool, stage = self._procs, self.stage
-        assert pool is not None
         jobs = [(item.seq % stage.depth if stage else 0, item.payload, item.task.args) for item in items]
+        future: Future[Any] = Future()
         try:
-            future = pool.submit(decode_batch, stage, self.decode, jobs)
-        except BrokenProcessPool as exc:  # broken since the last result: map() decodes them alone
-            future = Future()
+            if pool is not None:
+                future = pool.submit(decode_batch, stage, self.decode, jobs)
+            else:  # workers == 0: here, in map()'s thread
+                future.set_result(decode_batch(stage, self.decode, jobs))
+        except BaseException as exc:  # a broken pool: map() decodes them alone; else raised by map()
             future.set_exception(exc)
         future.add_done_callback(lambda f: self._batch_decoded(items, f, pool))
 
-    def _batch_decoded(self, items: list[_Item], future: Future[Any], pool: ProcessPoolExecutor) -> None:
+    def _batch_decoded(self, items: list[_Item], future: Future[Any], pool: ProcessPoolExecutor | None) -> None:
         error = future.exception()
         results = future.result() if error is None else [error] * len(items)
         for item, result in zip(items, results):
@@ -337,35 +330,11 @@ class Pipeline:
             self._undecoded -= len(items)
             self._wake.notify()
 
-    def _submit_decode(self, pool: ProcessPoolExecutor | None, item: _Item) -> Future[dict[str, Any]]:
+    def _submit_alone(self, pool: ProcessPoolExecutor, item: _Item) -> Future[dict[str, Any]]:
         args = (item.payload, *item.task.args)
-        if pool is None:
-            done: Future[dict[str, Any]] = Future()
-            try:
-                if self.stage is not None:
-                    done.set_result(decode_staged(self.stage, item.seq % self.stage.depth, self.decode, *args))
-                else:
-                    done.set_result(self.decode(*args))
-            except SampleError as exc:
-                done.set_exception(exc)
-            return done
-        try:
-            if self.stage is not None:
-                return pool.submit(decode_staged, self.stage, item.seq % self.stage.depth, self.decode, *args)
-            return pool.submit(self.decode, *args)
-        except BrokenProcessPool as exc:  # broken since the last result: map() decodes it alone
-            failed: Future[dict[str, Any]] = Future()
-            failed.set_exception(exc)
-            return failed
-
-    def _decoded(self, item: _Item, future: Future[dict[str, Any]], pool: ProcessPoolExecutor | None) -> None:
-        if not isinstance(future.exception(), BrokenProcessPool):
-            item.payload = None  # the body is no longer needed: memory stays bounded
-        _copy(future, item.future, pool)
-        with self._wake:
-            self._decoding -= 1
-            self._undecoded -= 1
-            self._wake.notify()
+        if self.stage is not None:
+            return pool.submit(decode_staged, self.stage, item.seq % self.stage.depth, self.decode, *args)
+        return pool.submit(self.decode, *args)
 
     # --- results -----------------------------------------------------------------
 
@@ -398,39 +367,15 @@ class Pipeline:
         if self._solo is None:
             self._solo = process_pool(1)
         try:
-            return self._submit_decode(self._solo, item).result()
+            return self._submit_alone(self._solo, item).result()
         except SampleError as exc:
             return exc
         except BrokenProcessPool:
             self._solo.shutdown(wait=False, cancel_futures=True)
             self._solo = None
-            self._check_decoders_run(item.task)
+            check_decoders_run(self.decode, self.canary, item.task.args)
             return SampleError(
                 "decoder-crashed",
                 "the decoding process died on this sample (a decoder crash or "
                 "the out-of-memory killer); the other samples were decoded",
             )
-
-    def _check_decoders_run(self, task: Task) -> None:
-        """Blame a sample only if a fresh decode process decodes a known-good sample.
-
-        Otherwise every sample would be recorded as failed for a fault that is
-        not theirs (a broken decoder library, a main module that spawned
-        processes cannot import): stop instead, and nothing is recorded.
-        """
-        if self.canary is None:
-            return
-        probe = process_pool(1)
-        try:
-            probe.submit(self.decode, self.canary, *task.args).result(timeout=120)
-        except BaseException as exc:
-            raise DecoderStartError(type(exc).__name__, str(exc)) from exc
-        finally:
-            probe.shutdown(wait=False, cancel_futures=True)
-
-
-def _copy(source: Future[dict[str, Any]], target: Future[dict[str, Any]], pool: Any) -> None:
-    """Give ``target`` the outcome of ``source``, noting the pool that decoded it."""
-    target.pool = pool  # type: ignore[attr-defined]
-    error = source.exception()
-    target.set_exception(error) if error is not None else target.set_result(source.result())

@@ -6,13 +6,14 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import SampleError
+from ..errors import DecoderStartError, SampleError
 
-__all__ = ["Outcome", "Task", "process_pool"]
+__all__ = ["Outcome", "Task", "check_decoders_run", "process_pool"]
 
 
 @dataclass(frozen=True)
@@ -64,3 +65,21 @@ def exit_with(parent: int) -> None:
         os._exit(0)
 
     threading.Thread(target=watch, name="tsds-parent-watch", daemon=True).start()
+
+
+def check_decoders_run(decode: Callable[..., Any], canary: Any, args: tuple[Any, ...]) -> None:
+    """Blame a sample only if a fresh decode process decodes a known-good sample (``canary``).
+
+    Otherwise every sample would be recorded as failed for a fault that is
+    not theirs (a broken decoder library, a main module that spawned
+    processes cannot import): stop instead, and nothing is recorded.
+    """
+    if canary is None:
+        return
+    probe = process_pool(1)
+    try:
+        probe.submit(decode, canary, *args).result(timeout=120)
+    except BaseException as exc:
+        raise DecoderStartError(type(exc).__name__, str(exc)) from exc
+    finally:
+        probe.shutdown(wait=False, cancel_futures=True)

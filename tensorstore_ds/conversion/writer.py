@@ -25,7 +25,6 @@ and says how many samples are committed; the rerun resumes from there.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 from collections import deque
@@ -43,15 +42,13 @@ from ..format.hashing import ALGORITHM, checksum_files, store_files
 from ..format.layout import (
     TEMP_FILE,
     ArraySpec,
-    write_array,
-    write_array_metadata,
     write_chunk,
     write_group_metadata,
     write_json_atomic,
 )
-from ..format.manifest import FAILURES, FORMAT_VERSION, MANIFEST, RESERVED_DIRS, WORK_DIR, Manifest
-from ..format.text import TextColumnWriter, text_specs
+from ..format.manifest import FORMAT_VERSION, MANIFEST, RESERVED_DIRS, WORK_DIR, Manifest
 from .chunkio import ChunkBuffers, write_chunk_from
+from .compact import compact, read_json
 from .staging import StagedRow
 
 SMALL_CHUNK_ROWS = 2**20
@@ -213,7 +210,7 @@ class StoreWriter:
             return
         if not (self.root / "zarr.json").exists():
             write_group_metadata(self.root, FORMAT_VERSION)
-        state = _read_json(state_path, "resume state")
+        state = read_json(state_path, "resume state")
         try:
             stored, source = dict(state["options"]), dict(state["source"])
             counts = [state[k] for k in ("chunks", "next_row", "converted", "failed")]
@@ -359,7 +356,7 @@ class StoreWriter:
 
     # --- the end -------------------------------------------------------------
 
-    def finish(self, counts: dict[str, Any], progress: bool = False) -> Manifest:
+    def finish(self, counts: dict[str, Any], progress: bool | None = False) -> Manifest:
         """Write the tail chunk, compact the parts, checksum every file, write the manifest last."""
         if self.finished:
             manifest = Manifest.read(self.root)
@@ -368,7 +365,7 @@ class StoreWriter:
         with self._writing():
             return self._finish(counts, progress)
 
-    def _finish(self, counts: dict[str, Any], progress: bool) -> Manifest:
+    def _finish(self, counts: dict[str, Any], progress: bool | None) -> Manifest:
         # Negative when a crash hit after the tail was committed: it is committed already.
         tail = self.converted - self.chunks * self.plan.chunk_rows
         if tail > 0 or self._part["failures"]:
@@ -413,42 +410,5 @@ class StoreWriter:
         shutil.rmtree(self.work, ignore_errors=True)
 
     def _compact(self) -> tuple[dict[str, ArraySpec], dict[str, int], dict[str, dict[str, Any]]]:
-        n, plan = self.converted, self.plan
-        small: dict[str, list[Any]] = {c.name: [] for c in plan.columns if not c.media}
-        texts = {name: TextColumnWriter(self.root, name, enc) for name, enc in plan.text.items()}
-        by_reason: dict[str, int] = {}
-        known: dict[str, dict[str, Any]] = {}
-        with open(self.root / f".{FAILURES}.tmp", "w", encoding="utf-8") as failures:
-            for k in range(self.chunks):
-                part = _read_json(self.work / "parts" / f"{k:08d}.json", "part file")
-                for name, values in small.items():
-                    values.extend(part["small"][name])
-                for name, writer in texts.items():
-                    writer.extend(part["text"][name])
-                known.update(part.get("files", {}))
-                for record in part["failures"]:
-                    failures.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    by_reason[record["reason"]] = by_reason.get(record["reason"], 0) + 1
-        os.replace(self.root / f".{FAILURES}.tmp", self.root / FAILURES)
-        arrays: dict[str, ArraySpec] = {}
-        for column in plan.columns:
-            rows = plan.chunk_rows if column.media else max(1, min(SMALL_CHUNK_ROWS, n))  # no padding to 2**20
-            spec = ArraySpec(column.name, (n, *column.row_shape), column.dtype, rows)
-            if column.media:
-                write_array_metadata(self.root, spec)
-            else:
-                write_array(self.root, spec, np.asarray(small[column.name], column.dtype).reshape(spec.shape))
-            arrays[column.name] = spec
-        for name, writer in texts.items():
-            total = writer.finish()
-            for spec in text_specs(name, n, total):
-                arrays[spec.name] = spec
-        return arrays, dict(sorted(by_reason.items())), known
-
-
-def _read_json(path: Path, what: str) -> Any:
-    """A JSON file the writer wrote itself; damage (not a crash, which atomic writes survive) is a StoreError."""
-    try:
-        return json.loads(path.read_bytes())
-    except (ValueError, RecursionError, FileNotFoundError) as exc:
-        raise StoreError(f"the {what} {path} is damaged ({exc}); rerun with overwrite=True to start over") from None
+        parts = [self.work / "parts" / f"{k:08d}.json" for k in range(self.chunks)]
+        return compact(self.root, self.plan, parts, self.converted, SMALL_CHUNK_ROWS)

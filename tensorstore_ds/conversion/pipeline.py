@@ -17,10 +17,12 @@ Rows move through four stages, each bounded:
 3. *decode*: fetched bodies (and paths, bytes, arrays) are decoded by a pool
    of worker processes, in batches of up to :data:`BATCH` samples per task
    (one pickle and one future per batch), at most ``4 x workers x BATCH``
-   samples at once, or inline in the calling thread when ``workers == 0``. With a :class:`~.staging.Stage`, a
-   worker writes the decoded media row into its slot of the staging file and
-   returns only the small values, so the converting process neither
-   unpickles nor copies more than once;
+   samples at once, or inline in the calling thread when ``workers == 0``.
+   With a :class:`~.staging.Stage`, the decoder writes the decoded media row
+   into its slot of the staging file and returns only the small values; the
+   result carries a :class:`~.staging.StagedRow`, which the writer reads
+   straight into its chunk (no pickle, one copy). The decode processes also
+   write the chunk files (``offload``, see ``chunkio``);
 4. *yield*: results are yielded strictly in source order, so the store is the
    same whatever the number of workers and whatever the timing. A stalled
    URL holds up only its own row: the rows behind it are fetched and decoded

@@ -39,7 +39,7 @@ MEDIA = ("images", "audio")
 def merge(
     out: str | os.PathLike[str],
     stores: Sequence[str | os.PathLike[str]],
-    progress: bool = True,
+    progress: bool | None = True,
     source: dict[str, Any] | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> Manifest:
@@ -126,7 +126,7 @@ def _plan(parts: list[Store]) -> Plan:
     return Plan(columns, dict(first.text), first.arrays[media].chunk_rows, dict(first.options), source)
 
 
-def _copy(parts: list[Store], writer: StoreWriter, progress: bool) -> None:
+def _copy(parts: list[Store], writer: StoreWriter, progress: bool | None) -> None:
     from tqdm.auto import tqdm
 
     total = sum(_rows_read(p) for p in parts)

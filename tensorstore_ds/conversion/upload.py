@@ -110,7 +110,7 @@ class FinishedRemote(StoreWriter):
         self.finished = True
         self.next_row = int(self.manifest.counts.get("rows_read", 0))
 
-    def finish(self, counts: dict[str, Any], progress: bool = False) -> Manifest:
+    def finish(self, counts: dict[str, Any], progress: bool | None = False) -> Manifest:
         return self.manifest
 
 
@@ -155,7 +155,7 @@ class UploadingWriter(StoreWriter):
             for key in keys:
                 self.uploader.submit(key, self.root / key)
 
-    def finish(self, counts: dict[str, Any], progress: bool = False) -> Manifest:
+    def finish(self, counts: dict[str, Any], progress: bool | None = False) -> Manifest:
         """Finish locally, upload the rest in parallel, then the manifest; release the lease."""
         try:
             self.uploader.drain()
@@ -181,7 +181,7 @@ class UploadingWriter(StoreWriter):
         write_json_atomic(self.root / MANIFEST, manifest.to_json())
         return manifest
 
-    def _upload_rest(self, manifest: Manifest, progress: bool) -> None:
+    def _upload_rest(self, manifest: Manifest, progress: bool | None) -> None:
         uploader = Uploader(self.remote, UPLOAD_WORKERS, 4 * UPLOAD_WORKERS)
         try:
             for name in manifest.files:

@@ -45,7 +45,7 @@ def store_files(root: Path) -> list[str]:
 
 
 def checksum_files(
-    root: Path, names: Iterable[str], threads: int = 4, progress: bool = False, desc: str = "checksums"
+    root: Path, names: Iterable[str], threads: int = 4, progress: bool | None = False, desc: str = "checksums"
 ) -> dict[str, dict[str, Any]]:
     """``{name: {"size", "sha256"}}`` for the given store-relative files."""
     from tqdm.auto import tqdm

@@ -18,8 +18,9 @@ import mmap
 import os
 from collections import OrderedDict
 from collections.abc import Iterable
+from io import FileIO
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -60,7 +61,7 @@ class StoreFiles(Protocol):
     def path(self, key: str) -> Path:
         """A local path of the file (downloaded and verified first if remote)."""
 
-    def open(self, key: str) -> IO[bytes]:
+    def open(self, key: str) -> FileIO:
         """The file, opened unbuffered for reading."""
 
     def check_chunks(self, spec: ArraySpec) -> None:
@@ -95,7 +96,7 @@ class LocalFiles:
     def path(self, key: str) -> Path:
         return self.root / key
 
-    def open(self, key: str) -> IO[bytes]:
+    def open(self, key: str) -> FileIO:
         return open(self.root / key, "rb", buffering=0)
 
     def check_chunks(self, spec: ArraySpec) -> None:
@@ -235,7 +236,7 @@ class ChunkedArray:
         for k in range(self.spec.num_chunks):
             want = min(self.spec.chunk_bytes, self.spec.nbytes - done)
             with self.files.open(self.spec.chunk_key(k)) as f:
-                got = f.readinto(memoryview(flat[done : done + want]))
+                got = f.readinto(flat[done : done + want].data)
             if got != want:
                 raise StoreFormatError(self.root / self.spec.chunk_key(k), f"read {got} bytes, expected {want}")
             done += want

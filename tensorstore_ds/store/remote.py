@@ -22,8 +22,9 @@ import queue
 import threading
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from io import FileIO
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from ..errors import StoreError, StoreFormatError
 from ..format.layout import ArraySpec, write_bytes_atomic
@@ -126,7 +127,7 @@ class RemoteFiles:
                     self._inflight.pop(key, None)
         return future.result()
 
-    def open(self, key: str) -> IO[bytes]:
+    def open(self, key: str) -> FileIO:
         for attempt in range(3):  # another process may evict the file between path() and open()
             try:
                 return open(self.path(key), "rb", buffering=0)

@@ -15,7 +15,7 @@ from .report import VerifyReport
 
 def verify(
     path: str | os.PathLike[str],
-    progress: bool = True,
+    progress: bool | None = True,
     threads: int = 4,
     storage_options: dict[str, Any] | None = None,
 ) -> VerifyReport:
@@ -93,7 +93,7 @@ def _check_structure(root: Path, report: VerifyReport) -> None:
             report.problems.append((name, "inconsistent", detail))
 
 
-def _verify_local_parts(root: Path, manifest: Manifest, progress: bool, threads: int) -> VerifyReport:
+def _verify_local_parts(root: Path, manifest: Manifest, progress: bool | None, threads: int) -> VerifyReport:
     """A local store made of parts: each part verified in full, and each part's manifest against its pin."""
     from ..format.hashing import hash_file
 

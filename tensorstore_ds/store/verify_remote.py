@@ -25,7 +25,7 @@ IGNORED_PREFIXES = (".convert/", ".push/")  # a conversion's lease, a push's led
 
 
 def verify_url(
-    url: str, progress: bool = True, threads: int = 4, storage_options: dict[str, Any] | None = None
+    url: str, progress: bool | None = True, threads: int = 4, storage_options: dict[str, Any] | None = None
 ) -> VerifyReport:
     """Re-read every file of the store at ``url`` and compare it with the manifest (see the module docstring)."""
     from tqdm.auto import tqdm
@@ -77,7 +77,7 @@ def _verify_parts(
     remote: Remote,
     parts: list[dict[str, Any]],
     report: VerifyReport,
-    progress: bool,
+    progress: bool | None,
     threads: int,
     storage_options: dict[str, Any] | None,
 ) -> None:

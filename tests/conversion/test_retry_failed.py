@@ -1,11 +1,17 @@
 """``retry_failed``: rows that failed transiently are fetched again; the result equals a clean run.
 
+The source is pixmo-cap-like: over two loopback hosts, rows that stall, drop
+the connection mid-body, answer 5xx or 429 (all until the servers "come
+back"), answer 404 or garbage (always), redirect or answer slowly (and
+succeed), and one on a host where nothing listens.
+
 Also SIGKILL during a stalled run and during a retry: the rerun finishes the
 store a run without kills would have made.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -34,8 +40,10 @@ ROOT = Path(__file__).resolve().parents[2]
 SIZE = 16
 CHUNK_MB = 8 * SIZE * SIZE * 3 / 2**20  # 8 rows a chunk
 N = 60
-TRANSIENT = {3: 503, 17: 429, 18: 500, 44: "stall"}  # fail in the first run, succeed later
+TRANSIENT = {3: 503, 17: 429, 18: 500, 44: "stall", 50: "drop"}  # fail in the first run, succeed later
 LASTING = {7: 404, 30: "garbage"}  # fail every time
+ALWAYS = {25: "redirect", 33: "slow"}  # succeed every time
+DEAD = 55  # on a host where nothing listens: fails every time, retried every time
 OPTS = {"image_column": "url", "image_size": SIZE, "chunk_mb": CHUNK_MB, "progress": False}
 WEB = {"timeout": 0.4, "deadline": 0.8, "retries": 0}
 
@@ -49,17 +57,26 @@ class Web:
         for server in self.servers:
             server.route("/img/", self.answer, prefix=True)
         self.urls = [f"{self.servers[i % 2].url}/img/{i}.png" for i in range(N)]
+        self.urls[DEAD] = f"http://127.0.0.8:9/img/{DEAD}.png"
 
     def answer(self, request: Request) -> Response:
-        row = int(request.path.rsplit("/", 1)[1].split(".")[0])
-        how = LASTING.get(row, TRANSIENT.get(row) if self.down else None)
+        name = request.path.rsplit("/", 1)[1].split(".")[0]
+        row = int(name.lstrip("r"))  # r<row>: where a redirect leads
+        how = ALWAYS.get(row) or LASTING.get(row, TRANSIENT.get(row) if self.down else None)
+        image = Response(200, image_bytes(12, 12, seed=row), {"Content-Type": "image/png"})
+        if how == "redirect" and not name.startswith("r"):
+            return Response.redirect(f"/img/r{row}.png")
+        if how == "slow":
+            return dataclasses.replace(image, delay=0.1)
+        if how == "drop":
+            return dataclasses.replace(image, drop_after=20)
         if how == "stall":
             return Response.never()
         if how == "garbage":
             return Response(200, b"not an image", {"Content-Type": "image/png"})
         if isinstance(how, int):
             return Response(how, b"no")
-        return Response(200, image_bytes(12, 12, seed=row), {"Content-Type": "image/png"})
+        return image
 
     def recover(self) -> None:
         self.down = False
@@ -114,13 +131,13 @@ def test_retry_failed_equals_a_clean_run(tmp_path: Path, web: Web) -> None:
     out = tmp_path / "out"
     convert(src, out, workers=2, **OPTS, **WEB)
     first = reasons(out)
-    assert set(first) == set(TRANSIENT) | set(LASTING)
-    assert first[44] == "timeout" and first[3] == "http-503"
+    assert set(first) == set(TRANSIENT) | set(LASTING) | {DEAD}
+    assert first[44] == "timeout" and first[3] == "http-503" and first[50] == first[DEAD] == "connection-error"
 
     web.recover()
     manifest = convert(src, out, workers=2, retry_failed=True, **OPTS, **WEB)
-    assert reasons(out) == reasons(clean) and set(reasons(out)) == set(LASTING)
-    assert manifest.counts["converted"] == N - len(LASTING)
+    assert reasons(out) == reasons(clean) and set(reasons(out)) == set(LASTING) | {DEAD}
+    assert manifest.counts["converted"] == N - len(LASTING) - 1
     assert store_bytes(out) == store_bytes(clean)
     assert not (out / WORK_DIR).exists()
     hits = sum(s.hits.total() for s in web.servers)
@@ -208,7 +225,7 @@ def test_sigkill_during_a_stalled_run_then_rerun(tmp_path: Path, web: Web) -> No
     out = tmp_path / "out"
     args = cli(src, out)
     args[args.index("--timeout") + 1] = args[args.index("--deadline") + 1] = web_timeout
-    before = (44 - sum(r < 44 for r in [*TRANSIENT, *LASTING])) // 8  # chunks full before row 44
+    before = (44 - sum(r < 44 for r in [*TRANSIENT, *LASTING, DEAD])) // 8  # chunks full before row 44
     every_url_asked = lambda: sum(s.hits.total() for s in web.servers) >= N  # noqa: E731
     kill_when(args, lambda: server.hits[stalled_url] > 0 and every_url_asked() and committed(out) >= before)
     time.sleep(0.2)
@@ -226,6 +243,6 @@ def test_sigkill_during_a_retry_then_rerun(tmp_path: Path, web: Web) -> None:
     web.servers[0].delay = 0.05  # slow enough to be caught in the middle
     kill_when(cli(src, out, "--retry-failed"), lambda: committed(retry_root(out)) >= 2)
     assert (out / MANIFEST).exists()  # the old store is intact meanwhile
-    assert set(reasons(out)) == set(TRANSIENT) | set(LASTING)
+    assert set(reasons(out)) == set(TRANSIENT) | set(LASTING) | {DEAD}
     subprocess.run(cli(src, out, "--retry-failed"), cwd=ROOT, check=True, capture_output=True, timeout=300)
     assert store_bytes(out) == store_bytes(clean)

@@ -45,6 +45,11 @@ def convert_rows(
     source: Any, out: str | os.PathLike[str], opts: ConvertOptions, shard: tuple[int, int] | None = None
 ) -> Manifest:
     """Convert all rows of ``source``, or only shard ``(K, N)`` of them, into ``out``."""
+    if opts.retry_failed and is_url(out):
+        raise OptionsError(
+            f"retry_failed rebuilds a store in a local directory, not at {os.fspath(out)}: "
+            "pull it, retry there, then push it back"
+        )
     src = open_source(source, split=opts.split)
     columns = plan_columns(
         src,
@@ -198,7 +203,7 @@ def _tasks(
             key, error = before[1]
             yield Task(row, key, "error", error, (), None)
             continue
-        key = "?"
+        key = str(values.get("__url__", "?"))  # a WebDataset row's shard, until its media names the row
         try:
             ref = media_of(values, columns, src.base_dir)
             key = ref.key

@@ -155,6 +155,8 @@ def test_retry_failed_refuses_other_options_and_shards(tmp_path: Path, web: Web)
         convert(src, out, retry_failed=True, overwrite=True, **OPTS)
     with pytest.raises(OptionsError, match="retry_failed works on a whole store"):
         convert(src, out, retry_failed=True, shard="0/2", **OPTS)
+    with pytest.raises(OptionsError, match=r"retry_failed rebuilds a store in a local directory, not at s3://b/s"):
+        convert(src, "s3://b/s", retry_failed=True, **OPTS)
 
 
 def test_a_crash_while_moving_the_retried_store_in_is_finished_by_the_rerun(

@@ -238,7 +238,7 @@ def test_truncated_shard_keeps_the_rows_before_the_cut(tmp_path: Path, where: st
     whole = 2 if where == "no-end-block" else 1  # the sample being read at the cut is dropped
     store = check_images(tmp_path / "out", [*samples[:whole], *samples[PER_SHARD:]])
     [failure] = store.failures()
-    assert failure["reason"] == "truncated-shard" and failure["row"] == whole
+    assert failure["reason"] == "truncated-shard" and failure["row"] == whole and failure["key"] == str(first)
     assert failure["detail"].startswith(f"shard {first} breaks off after {whole} samples (")
     assert failure["detail"].endswith(f"sample '00000000{whole}', being read there, is dropped")
     assert np.asarray(store.array("source_row")).tolist() == [*range(whole), whole + 1, whole + 2]

@@ -13,7 +13,8 @@ The data's path through this package:
   ``staging`` file;
 - ``writer`` commits chunk files (written and hashed by decode processes:
   ``chunkio``) and writes the manifest last; ``upload`` does the same into
-  object storage, uploading each committed chunk;
+  object storage, uploading each committed chunk; ``compact`` turns the part
+  files into the small arrays, the caption index and the failure record;
 - ``run`` is one conversion, ``retry`` fetches again what failed transiently,
   ``shards``/``parts``/``dask`` split a conversion and commit it, ``merge``
   joins stores; ``options`` describes every option once; ``api`` is the entry

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 from .errors import OptionsError
 from .units import _SIZE, _UNITS
@@ -86,6 +87,21 @@ def _size_with_unit(text: str) -> int:
     if not math.isfinite(size) or size < 1:
         raise OptionsError(f"a size must be a finite number of at least 1 byte, got {text!r}; {_SIZE_HINT}")
     return int(size)
+
+
+def byte_bar(total: int, desc: str, progress: bool | None, initial: int = 0) -> Any:
+    """A tqdm bar counting bytes, on, off or automatic as ``progress`` says (see :func:`progress_disabled`)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="B",
+        unit_scale=True,
+        disable=progress_disabled(progress),
+        desc=desc[:60],
+        dynamic_ncols=True,
+    )
 
 
 def progress_disabled(progress: bool | None) -> bool | None:

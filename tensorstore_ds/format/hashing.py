@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..options import progress_disabled
+from ..options import byte_bar
 from .manifest import MANIFEST, RESERVED_DIRS
 
 BLOCK = 4 * 2**20
@@ -48,12 +48,11 @@ def checksum_files(
     root: Path, names: Iterable[str], threads: int = 4, progress: bool | None = False, desc: str = "checksums"
 ) -> dict[str, dict[str, Any]]:
     """``{name: {"size", "sha256"}}`` for the given store-relative files."""
-    from tqdm.auto import tqdm
 
     names = list(names)
     total = sum((root / n).stat().st_size for n in names)
     with (
-        tqdm(total=total, unit="B", unit_scale=True, disable=progress_disabled(progress), desc=desc) as bar,
+        byte_bar(total, desc, progress) as bar,
         ThreadPoolExecutor(threads) as pool,
     ):
         results = list(pool.map(lambda n: hash_file(root / n, bar), names))

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..format.text import TextColumn
-from ..options import progress_disabled
+from ..options import byte_bar
 from ..store.chunked import ChunkedArray
 from ..store.store import Store
 from .arrays import ServedArray
@@ -113,19 +113,12 @@ def shared_nbytes(store: Store, arrays: Sequence[str], text: Sequence[str]) -> i
 
 def load_ram(store: Store, name: str, identity: str, progress: bool) -> RamArray:
     """The machine's copy of array ``name``: attached, or read whole from the store first."""
-    from tqdm.auto import tqdm
 
     spec = store.manifest.arrays[name]
 
     def fill(buffer: SharedBuffer) -> None:
         array = store.array(name)
-        with tqdm(
-            total=spec.nbytes,
-            unit="B",
-            unit_scale=True,
-            disable=progress_disabled(progress),
-            desc=f"loading {name} into RAM",
-        ) as bar:
+        with byte_bar(spec.nbytes, f"loading {name} into RAM", progress) as bar:
             array.read_into(buffer.array(spec.dtype, spec.shape), bar)
         array.close()
 

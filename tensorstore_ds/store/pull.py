@@ -23,7 +23,7 @@ from ..errors import StoreError, StoreFormatError
 from ..format.hashing import hash_file
 from ..format.layout import write_bytes_atomic
 from ..format.manifest import MANIFEST, PARTS_DIR, Manifest
-from ..options import progress_disabled
+from ..options import byte_bar
 from .transfer import RETRIES, Remote, download
 
 PULL_DIR = ".pull"
@@ -142,19 +142,11 @@ def _locked(root: Path) -> Iterator[Path]:
 def _pull_files(
     remote: Remote, manifest: Manifest, root: Path, work: Path, workers: int, progress: bool, retries: int
 ) -> None:
-    from tqdm.auto import tqdm
 
     files = sorted(manifest.files.items())
     total = sum(entry["size"] for _, entry in files)
     with (
-        tqdm(
-            total=total,
-            unit="B",
-            unit_scale=True,
-            disable=progress_disabled(progress),
-            desc=f"pulling {remote.url}"[:60],
-            dynamic_ncols=True,
-        ) as bar,
+        byte_bar(total, f"pulling {remote.url}", progress) as bar,
         ThreadPoolExecutor(max(1, workers)) as pool,
     ):
         futures = [pool.submit(_pull_one, remote, name, entry, root, work, retries, bar) for name, entry in files]

@@ -31,7 +31,7 @@ from typing import Any
 
 from ..errors import StoreError
 from ..format.manifest import MANIFEST, Manifest
-from ..options import progress_disabled
+from ..options import byte_bar
 from .objects import Uploader, delete, get_bytes, put_bytes, sizes
 from .transfer import BLOCK, RETRIES, Remote, check_file_entries
 
@@ -154,18 +154,11 @@ def _upload(
     progress: bool,
     retries: int,
 ) -> None:
-    from tqdm.auto import tqdm
 
     total = sum(e["size"] for e in manifest.files.values())
     lock = threading.Lock()
-    bar = tqdm(
-        total=total,
-        initial=total - sum(manifest.files[n]["size"] for n in todo),
-        unit="B",
-        unit_scale=True,
-        disable=progress_disabled(progress),
-        desc=f"pushing to {remote.url}"[:60],
-        dynamic_ncols=True,
+    bar = byte_bar(
+        total, f"pushing to {remote.url}", progress, initial=total - sum(manifest.files[n]["size"] for n in todo)
     )
 
     def uploaded(name: str, path: Path) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 from ..errors import StoreError, StoreFormatError
 from ..format.layout import ArraySpec, write_bytes_atomic
 from ..format.manifest import MANIFEST, Manifest
-from ..options import cache_root, parse_size, progress_disabled
+from ..options import byte_bar, cache_root, parse_size
 from .chunked import fadvise_willneed
 from .transfer import Remote, download
 
@@ -179,20 +179,13 @@ class RemoteFiles:
 
     def fetch(self, keys: Iterable[str], progress: bool = False) -> None:
         """Download every missing file now, in parallel (unless they would overflow ``cache_limit``)."""
-        from tqdm.auto import tqdm
 
         missing = [k for k in dict.fromkeys(keys) if not self._cached(k, self.root / k)]
         total = sum(self.manifest.files[k]["size"] for k in missing)
         if not missing or (self.cache_limit is not None and total > self.cache_limit):
             return
         with (
-            tqdm(
-                total=total,
-                unit="B",
-                unit_scale=True,
-                disable=progress_disabled(progress),
-                desc=f"downloading {self.remote.url}"[:60],
-            ) as bar,
+            byte_bar(total, f"downloading {self.remote.url}", progress) as bar,
             ThreadPoolExecutor(FETCH_THREADS) as pool,
         ):
             for key, _ in zip(missing, pool.map(self.path, missing)):

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import StoreError, StoreFormatError
 from ..format.manifest import MANIFEST
-from ..options import progress_disabled
+from ..options import byte_bar
 from .report import VerifyReport
 from .transfer import BLOCK, Remote
 
@@ -28,7 +28,6 @@ def verify_url(
     url: str, progress: bool | None = True, threads: int = 4, storage_options: dict[str, Any] | None = None
 ) -> VerifyReport:
     """Re-read every file of the store at ``url`` and compare it with the manifest (see the module docstring)."""
-    from tqdm.auto import tqdm
 
     remote = Remote(url, storage_options)
     _, manifest = remote.read_manifest()
@@ -53,7 +52,7 @@ def verify_url(
             readable.append(name)
     total = sum(expected[n]["size"] for n in readable)
     with (
-        tqdm(total=total, unit="B", unit_scale=True, disable=progress_disabled(progress), desc="verifying") as bar,
+        byte_bar(total, "verifying", progress) as bar,
         ThreadPoolExecutor(max(1, threads)) as pool,
     ):
         found = list(pool.map(lambda n: _hash_remote(remote, n, expected[n]["size"], bar), readable))

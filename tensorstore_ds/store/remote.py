@@ -174,7 +174,7 @@ class RemoteFiles:
             key = keys.get()
             try:
                 self.path(key)
-            except Exception:
+            except Exception:  # a prefetch is only a hint: the read that needs the file raises its error
                 pass
 
     def fetch(self, keys: Iterable[str], progress: bool = False) -> None:

@@ -27,7 +27,7 @@ class MultiStoreDataset(TensorStoreDataset):
     ----------
     paths
         Store directories, URLs or opened stores, in the order of the whole.
-    fields, memory_budget, mode, transform, channels_last, progress, caption_choice
+    fields, memory_budget, mode, transform, channels_last, progress, caption_choice, gather_threads
         As for :class:`~tensorstore_ds.TensorStoreDataset`; the budget and
         the mode apply to all the stores together.
     cache_dir, cache_limit, storage_options
@@ -47,6 +47,7 @@ class MultiStoreDataset(TensorStoreDataset):
         cache_limit: int | str | None = None,
         storage_options: dict[str, Any] | None = None,
         caption_choice: str = "first",
+        gather_threads: int = 1,
     ) -> None:
         if isinstance(paths, (str, os.PathLike)) or not isinstance(paths, Sequence):
             raise OptionsError(f"MultiStoreDataset takes a list of stores, not {type(paths).__name__}")
@@ -62,4 +63,5 @@ class MultiStoreDataset(TensorStoreDataset):
             cache_limit,
             storage_options,
             caption_choice,
+            gather_threads,
         )

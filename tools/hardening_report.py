@@ -196,7 +196,7 @@ def fuzz(examples: int, seed: int) -> list[Tally]:
 
 
 def damaged_stores(work: Path) -> Tally:
-    from tests.test_damaged_stores import DAMAGES, check_damage, make_store
+    from tests.store.test_damaged_stores import DAMAGES, check_damage, make_store
 
     tally = Tally("damaged stores", unit="kinds of damage")
     pristine = make_store(work / "pristine")

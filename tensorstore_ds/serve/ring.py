@@ -20,6 +20,10 @@ socket round trip to the worker, about 0.6 ms a batch on the development
 machine, and maps the slot anew each time.) A worker removes the names it
 still has when it exits; a worker killed before the main process mapped a
 slot leaves a pid-named file that the next buffer created on the machine reaps.
+While the main process holds mappings of worker rings, a daemon thread drops
+those of exited workers about once a second (a mapping keeps a file descriptor
+and the slot's memory), so a finished or killed loader's rings are freed even
+when no further batch arrives; batches still viewing a slot keep its memory.
 
 A ring never blocks: when every slot is taken (the consumer keeps batches), the
 batch goes into ordinary new memory instead.
@@ -31,6 +35,8 @@ import math
 import mmap
 import multiprocessing.util
 import os
+import threading
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,21 +158,39 @@ class SlotHandle:
 
 
 _ATTACHED: dict[str, mmap.mmap] = {}
+_ATTACHED_LOCK = threading.Lock()
+_WATCHER: dict[str, threading.Thread] = {}  # the thread dropping exited workers' mappings, while there are some
+WATCH_EVERY = 1.0  # seconds between two looks at the workers whose rings are mapped
 
 
 def attached(path: str, size: int) -> mmap.mmap:
     """This process's mapping of a worker's ring file (mapped, then unnamed, on first use)."""
-    mapped = _ATTACHED.get(path)
-    if mapped is None:
-        _forget_gone_workers()
-        fd = os.open(path, os.O_RDWR)
-        try:
-            mapped = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
-        finally:
-            os.close(fd)
-        _unlink_all([path])  # the two mappings hold the memory from now on
-        _ATTACHED[path] = mapped
-    return mapped
+    with _ATTACHED_LOCK:
+        mapped = _ATTACHED.get(path)
+        if mapped is None:
+            _forget_gone_workers()
+            fd = os.open(path, os.O_RDWR)
+            try:
+                mapped = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+            finally:
+                os.close(fd)
+            _unlink_all([path])  # the two mappings hold the memory from now on
+            _ATTACHED[path] = mapped
+            if "thread" not in _WATCHER:
+                _WATCHER["thread"] = threading.Thread(target=_watch_workers, name="tensorstore_ds-rings", daemon=True)
+                _WATCHER["thread"].start()
+        return mapped
+
+
+def _watch_workers() -> None:
+    """Drop exited workers' mappings about once a second; stop when none is left."""
+    while True:
+        time.sleep(WATCH_EVERY)
+        with _ATTACHED_LOCK:
+            _forget_gone_workers()
+            if not _ATTACHED:
+                _WATCHER.pop("thread", None)
+                return
 
 
 def _forget_gone_workers() -> None:
@@ -232,8 +256,11 @@ def process_ring(in_worker: bool) -> BatchRing:
 
 
 def _reset_after_fork() -> None:
+    global _ATTACHED_LOCK  # noqa: PLW0603 - the parent's lock may have been held by a thread that is not here
     _RINGS.clear()
     _ATTACHED.clear()
+    _WATCHER.clear()
+    _ATTACHED_LOCK = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)

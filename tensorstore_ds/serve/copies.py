@@ -110,7 +110,7 @@ def attach_or_load(key: str, size: int, fill: Callable[[SharedBuffer], None]) ->
         fd = _lock_file(base)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)  # never waits: exclusive flocks are only tried under the guard
-            buffer = _attach(base, size) if os.path.exists(base) else _load(base, size, fill)
+            buffer = SharedBuffer.attach(base, size) if os.path.exists(base) else _load(base, size, fill)
         except BaseException:
             _release_locked(base, fd)  # closes fd, which drops the guard
             raise
@@ -145,15 +145,6 @@ def _run_pending() -> None:
         base, fd = _PENDING.pop()
         if not _release(base, fd, os.getpid()):
             break  # another thread holds the guard now and runs the rest
-
-
-def _attach(base: str, size: int) -> SharedBuffer:
-    fd = os.open(base, os.O_RDONLY)
-    try:
-        mapped = mmap.mmap(fd, max(size, 1), flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-    finally:
-        os.close(fd)
-    return SharedBuffer(base, size, mapped)
 
 
 def _load(base: str, size: int, fill: Callable[[SharedBuffer], None]) -> SharedBuffer:

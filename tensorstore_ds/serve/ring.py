@@ -43,7 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from .shm import PREFIX, SharedBuffer, alive
+from ..processes import alive
+from .shm import PREFIX, SharedBuffer
 
 FREE, TAKEN = 0, 1
 ALIGN = 4096

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SharedMemoryError
+from ..processes import alive
 
 PREFIX = "tensorstore_ds-"
 
@@ -110,17 +111,6 @@ def reap_orphans(directory: str) -> list[str]:
             except FileNotFoundError:
                 pass  # another process reaped it first
     return reaped
-
-
-def alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (of any user)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # alive, another user's
-    return True
 
 
 def free_bytes(directory: str) -> int:

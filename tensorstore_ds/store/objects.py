@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BucketNotFoundError, ObjectStoreError, StoreAccessError, StoreError, StoreLeaseError
+from ..processes import alive
 from .transfer import BACKOFF, RETRIES, Remote, transient_errors
 
 LEASE = ".convert/lease.json"
@@ -372,12 +373,4 @@ def _dead_here(held: dict[str, Any]) -> bool:
     pid = held.get("pid")
     if held.get("host") != socket.gethostname() or not isinstance(pid, int):
         return False
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return pid != os.getpid() and not alive(pid)

@@ -30,6 +30,7 @@ from ..errors import StoreError, StoreFormatError
 from ..format.layout import ArraySpec, write_bytes_atomic
 from ..format.manifest import MANIFEST, Manifest
 from ..options import byte_bar, cache_root, parse_size
+from ..processes import alive
 from .chunked import fadvise_willneed
 from .transfer import Remote, download
 
@@ -276,8 +277,7 @@ def _remove_stale_partials(directory: Path) -> None:
     for entry in directory.iterdir():
         try:
             pid = int(entry.name.rsplit(".", 1)[1].split("-")[0])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            entry.unlink(missing_ok=True)
-        except (ValueError, IndexError, PermissionError):
+        except (ValueError, IndexError):
             continue
+        if not alive(pid):
+            entry.unlink(missing_ok=True)

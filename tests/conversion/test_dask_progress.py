@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import pytest
 from tensorstore_ds import convert
 from tensorstore_ds.cli import main
 from tensorstore_ds.errors import ColumnNotFoundError
+from tests.clusters import local_cluster
 from tests.media import write_image
 from tests.stores import store_bytes
 
@@ -40,15 +40,7 @@ def source(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
-    distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        silence_logs=logging.WARNING,
-    ) as local:
+    with local_cluster() as local:
         yield local
 
 

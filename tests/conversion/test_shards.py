@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from tensorstore_ds import convert, open_store, verify
 from tensorstore_ds.cli import main
 from tensorstore_ds.conversion.shards import commit, shard_dir, shard_ranges
 from tensorstore_ds.errors import OptionsError, StoreError
+from tests.clusters import local_cluster
 from tests.media import write_image
 from tests.stores import store_bytes
 
@@ -81,14 +81,7 @@ def test_dask_local_cluster_equals_one_conversion(source: Path, tmp_path: Path) 
     whole = tmp_path / "whole"
     convert(str(source), whole, **OPTIONS)
     with (
-        distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            silence_logs=logging.WARNING,
-        ) as cluster,
+        local_cluster() as cluster,
         distributed.Client(cluster) as client,
     ):
         manifest = convert(str(source), tmp_path / "dask", client=client, shards=4, **OPTIONS)
@@ -100,18 +93,10 @@ def test_dask_command_line_equals_one_conversion(
     source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The README's scale-out command, through main(), against a real scheduler address."""
-    distributed = pytest.importorskip("distributed")
     whole = tmp_path / "whole"
     convert(str(source), whole, **OPTIONS)
     flags = ["--image-column", "image", "--image-size", "8", "--chunk-mb", "0.001", "--no-progress"]
-    with distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        silence_logs=logging.WARNING,
-    ) as cluster:
+    with local_cluster() as cluster:
         argv = [
             "convert",
             str(source),

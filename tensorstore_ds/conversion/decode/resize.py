@@ -24,6 +24,15 @@ stays within one grey level of the full decode on average (0.7;
 margin the mean is 1.1 levels and the worst image 5; a margin of 1.5 halves
 the mean again for a fifth more time per image.
 
+The LANCZOS step
+----------------
+After a draft (and for any reduction under ``2 * REDUCING_GAP``) it runs as
+banded matrix products (:mod:`~tensorstore_ds.conversion.decode.lanczos`):
+the same filter as Pillow's, exact on every machine, and about twice as fast
+as Pillow's own resize on a draft-decoded photo. Modes other than ``L`` and
+``RGB`` (none reach it from :func:`decode_image`) and larger reductions go to
+Pillow.
+
 Images the draft cannot shrink
 ------------------------------
 Other formats (PNG, WebP, ...) are decoded at full size. Their resize first
@@ -37,7 +46,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from PIL import Image
+
+from .lanczos import lanczos_resize
 
 DRAFT_MARGIN = 1.25
 EIGHTH_MARGIN = 2.0
@@ -114,4 +126,11 @@ def resize(im: Image.Image, size: int, rule: str) -> Image.Image:
 def _lanczos(
     im: Image.Image, size: tuple[int, int], box: tuple[float, float, float, float] | None = None
 ) -> Image.Image:
-    return im.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=REDUCING_GAP)
+    """LANCZOS by matrix products (:mod:`.lanczos`), or by Pillow where it first averages blocks."""
+    left, top, right, bottom = box if box is not None else (0.0, 0.0, float(im.width), float(im.height))
+    reduces = (right - left) / size[0] >= 2 * REDUCING_GAP or (bottom - top) / size[1] >= 2 * REDUCING_GAP
+    if im.mode not in ("RGB", "L") or reduces or (box is None and im.size == size):
+        return im.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=REDUCING_GAP)
+    pixels = np.asarray(im)
+    out = lanczos_resize(pixels.reshape(im.height, im.width, -1), size, box)
+    return Image.fromarray(out if im.mode == "RGB" else out[..., 0], im.mode)

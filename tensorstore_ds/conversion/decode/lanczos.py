@@ -1,0 +1,117 @@
+"""LANCZOS resizing as banded matrix products, exact in float32.
+
+Why
+---
+Pillow's LANCZOS resize is not vectorised; after a JPEG draft decode it takes
+about half of a photo's decoding time. The same separable filter can be
+computed as a few matrix products per pass, one for each block of ``BLOCK``
+output pixels over the input window that block reads, on the BLAS that numpy
+already has: about twice as fast as Pillow for a draft-decoded photo.
+
+Exact on every machine
+----------------------
+The weights are fixed point (``WEIGHT_BITS`` fractional bits) and the pixels
+integers, so every product and every partial sum is an integer below 2**24
+(255 times the weights' absolute sum, at most about 1.3, times 2**14), which
+float32 holds exactly whatever the order of summation. The result is the same
+bit for bit on every CPU and BLAS, as a store's determinism needs.
+
+The filter
+----------
+Pillow's: LANCZOS with a = 3, its support widened by the reduction factor,
+the same pixel centres and the same normalisation. It filters rows first and
+rounds to integers between the passes, where Pillow filters columns first: the
+results differ by rounding, on average by 0.2 grey levels.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import numpy as np
+
+WEIGHT_BITS = 14
+BLOCK = 16
+Band = tuple[int, int, int, int, np.ndarray]  # input rows lo:hi, output b:e, weights (e - b, hi - lo)
+
+
+def lanczos_resize(
+    pixels: np.ndarray, size: tuple[int, int], box: tuple[float, float, float, float] | None = None
+) -> np.ndarray:
+    """Resize ``(H, W, C)`` uint8 pixels to ``size`` (width, height) with LANCZOS.
+
+    Parameters
+    ----------
+    pixels
+        The image, C-contiguous uint8 of shape ``(H, W, C)``.
+    size
+        Output ``(width, height)``.
+    box
+        The region of the input to resize, ``(left, top, right, bottom)`` in
+        pixels (floats allowed), as in Pillow's ``Image.resize``; the whole
+        image by default.
+
+    Returns
+    -------
+    numpy.ndarray
+        C-contiguous uint8 of shape ``(height, width, C)``.
+    """
+    height, width, channels = pixels.shape
+    left, top, right, bottom = box if box is not None else (0.0, 0.0, float(width), float(height))
+    out_w, out_h = size
+    with _blas().limit(limits=1, user_api="blas"):  # small products: threads only contend with decode processes
+        rows = pixels.reshape(height, width * channels).astype(np.float32)  # pixels interleaved: (H, W * C)
+        down = np.empty((out_h, width * channels), np.float32)
+        for lo, hi, b, e, weights in _bands(height, out_h, float(top), float(bottom)):
+            np.matmul(weights, rows[lo:hi], out=down[b:e])
+        planes = _rounded(down).reshape(out_h, width, channels).transpose(0, 2, 1).reshape(out_h * channels, width)
+        across = np.empty((out_h * channels, out_w), np.float32)
+        for lo, hi, b, e, weights in _bands(width, out_w, float(left), float(right)):
+            np.matmul(planes[:, lo:hi], weights.T, out=across[:, b:e])
+    result = _rounded(across).astype(np.uint8).reshape(out_h, channels, out_w)
+    return np.ascontiguousarray(result.transpose(0, 2, 1))
+
+
+def _rounded(sums: np.ndarray) -> np.ndarray:
+    """Fixed-point sums to integer pixel values 0..255 (still float32), in place."""
+    sums += 2 ** (WEIGHT_BITS - 1)
+    sums *= 2.0**-WEIGHT_BITS
+    np.floor(sums, out=sums)
+    return np.clip(sums, 0, 255, out=sums)
+
+
+@functools.cache
+def _blas() -> Any:
+    """This process's BLAS thread pools (found once: about 10 microseconds to limit them for a call)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+@functools.lru_cache(maxsize=512)
+def _bands(in_size: int, out_size: int, start: float, stop: float) -> tuple[Band, ...]:
+    """Fixed-point LANCZOS weights of each block of output pixels over the input it reads."""
+    scale = (stop - start) / out_size
+    filter_scale = max(scale, 1.0)
+    support = 3.0 * filter_scale
+    taps = 2 * math.ceil(support) + 1
+    centres = start + (np.arange(out_size) + 0.5) * scale
+    first = np.maximum((centres - support + 0.5).astype(np.int64), 0)
+    count = np.minimum((centres + support + 0.5).astype(np.int64), in_size) - first
+    k = np.arange(taps)
+    x = (k[None, :] + first[:, None] - centres[:, None] + 0.5) / filter_scale
+    weights = np.where((k[None, :] < count[:, None]) & (np.abs(x) < 3.0), np.sinc(x) * np.sinc(x / 3.0), 0.0)
+    weights /= weights.sum(axis=1, keepdims=True)
+    fixed = np.rint(weights * 2**WEIGHT_BITS).astype(np.float32)
+    bands = []
+    for b in range(0, out_size, BLOCK):
+        e = min(b + BLOCK, out_size)
+        lo, hi = int(first[b]), int(max(first[j] + count[j] for j in range(b, e)))
+        band = np.zeros((e - b, hi - lo), np.float32)
+        cols = first[b:e, None] - lo + k[None, :]
+        keep = k[None, :] < count[b:e, None]
+        band[np.nonzero(keep)[0], cols[keep]] = fixed[b:e][keep]
+        bands.append((lo, hi, b, e, band))
+    return tuple(bands)

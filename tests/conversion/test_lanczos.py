@@ -1,0 +1,92 @@
+"""LANCZOS by banded matrix products: Pillow's filter, and exact whatever the BLAS does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from threadpoolctl import threadpool_info
+
+from tensorstore_ds.conversion.decode import lanczos
+from tensorstore_ds.conversion.decode.lanczos import lanczos_resize
+from tensorstore_ds.conversion.decode.resize import resize
+from tests.conversion.test_decode_image import photo_image
+
+
+def pillow(im: Image.Image, size: tuple[int, int], box: tuple[float, float, float, float] | None = None) -> np.ndarray:
+    return np.asarray(im.resize(size, Image.Resampling.LANCZOS, box=box))
+
+
+@pytest.mark.parametrize(
+    "source, size, box",
+    [
+        ((475, 713), (224, 224), None),  # a 950x1425 photo after a 1/2 draft
+        ((1000, 750), (224, 224), None),
+        ((713, 475), (224, 224), (119.0, 0.0, 594.0, 475.0)),  # a centre crop
+        ((320, 240), (224, 168), None),
+        ((100, 80), (224, 224), None),  # enlarged
+        ((300, 7), (224, 224), None),  # enlarged one way, reduced the other
+    ],
+)
+def test_matches_pillow_up_to_rounding(
+    source: tuple[int, int], size: tuple[int, int], box: tuple[float, float, float, float] | None
+) -> None:
+    im = photo_image(*source)
+    ours = lanczos_resize(np.asarray(im), size, box)
+    assert ours.shape == (size[1], size[0], 3) and ours.dtype == np.uint8 and ours.flags.c_contiguous
+    diff = np.abs(ours.astype(int) - pillow(im, size, box))
+    assert diff.mean() < 0.3 and diff.max() <= 4  # Pillow filters the other axis first and rounds in between
+
+
+def test_one_channel_and_one_pixel() -> None:
+    grey = photo_image(333, 222).convert("L")
+    ours = lanczos_resize(np.asarray(grey)[..., None], (100, 100))
+    assert np.abs(ours[..., 0].astype(int) - pillow(grey, (100, 100))).mean() < 0.3
+    dot = np.full((1, 1, 3), (10, 200, 90), np.uint8)
+    assert np.array_equal(lanczos_resize(dot, (5, 4)), np.broadcast_to(dot, (4, 5, 3)))
+
+
+def exact(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The same fixed-point sums in float64, band by band, with numpy's own loops (no BLAS)."""
+    height, width, channels = pixels.shape
+    rows = pixels.reshape(height, width * channels).astype(np.float64)
+    down = np.zeros((size[1], width * channels))
+    for lo, hi, b, e, weights in lanczos._bands(height, size[1], 0.0, float(height)):
+        down[b:e] = np.einsum("ij,jk->ik", weights.astype(np.float64), rows[lo:hi])
+    down = np.clip(np.floor((down + 2 ** (lanczos.WEIGHT_BITS - 1)) / 2**lanczos.WEIGHT_BITS), 0, 255)
+    planes = down.reshape(size[1], width, channels)
+    out = np.zeros((size[1], size[0], channels))
+    for lo, hi, b, e, weights in lanczos._bands(width, size[0], 0.0, float(width)):
+        out[:, b:e] = np.einsum("hwc,jw->hjc", planes[:, lo:hi], weights.astype(np.float64))
+    return np.clip(np.floor((out + 2 ** (lanczos.WEIGHT_BITS - 1)) / 2**lanczos.WEIGHT_BITS), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("block", [8, 32])
+def test_exact_whatever_the_order_of_summation(block: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """float32 BLAS sums equal float64 sums: every partial sum is an integer below 2**24."""
+    pixels = np.asarray(photo_image(517, 389))
+    monkeypatch.setattr(lanczos, "BLOCK", block)
+    lanczos._bands.cache_clear()
+    try:
+        assert np.array_equal(lanczos_resize(pixels, (224, 224)), exact(pixels, (224, 224)))
+    finally:
+        lanczos._bands.cache_clear()
+
+
+def test_blas_threads_are_given_back() -> None:
+    before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    lanczos_resize(np.asarray(photo_image(300, 200)), (64, 64))
+    assert [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"] == before
+
+
+def test_resize_leaves_large_reductions_and_other_modes_to_pillow() -> None:
+    big = photo_image(1600, 1400)  # 7x: Pillow averages blocks first (reducing_gap)
+    assert np.array_equal(np.asarray(resize(big, 224, "squash")), pillow_gap(big, (224, 224)))
+    same = photo_image(224, 224)
+    assert np.array_equal(np.asarray(resize(same, 224, "squash")), np.asarray(same))
+    drafted = photo_image(475, 713)
+    assert np.array_equal(np.asarray(resize(drafted, 224, "squash")), lanczos_resize(np.asarray(drafted), (224, 224)))
+
+
+def pillow_gap(im: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    return np.asarray(im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0))

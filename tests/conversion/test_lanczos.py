@@ -79,7 +79,7 @@ def test_blas_threads_are_given_back() -> None:
     assert [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"] == before
 
 
-def test_resize_leaves_large_reductions_and_other_modes_to_pillow() -> None:
+def test_resize_leaves_large_reductions_to_pillow() -> None:
     big = photo_image(1600, 1400)  # 7x: Pillow averages blocks first (reducing_gap)
     assert np.array_equal(np.asarray(resize(big, 224, "squash")), pillow_gap(big, (224, 224)))
     same = photo_image(224, 224)

@@ -141,8 +141,8 @@ def decode_image(source: ImageSource, options: ImageOptions) -> tuple[np.ndarray
     Returns
     -------
     pixels
-        C-contiguous uint8 ``(size, size, 3)`` RGB array. It is read-only
-        (it wraps Pillow's buffer without a copy); copy it to modify it.
+        C-contiguous uint8 ``(size, size, 3)`` RGB array. It may be read-only
+        (when it wraps Pillow's buffer without a copy); copy it to modify it.
     orig_size
         ``(height, width)`` of the source after EXIF orientation.
 
@@ -157,9 +157,7 @@ def decode_image(source: ImageSource, options: ImageOptions) -> tuple[np.ndarray
     else:
         im, orientation, orig_size = _open(source, options)
     try:
-        rgb = oriented_rgb_or_l(im, orientation)
-        out = resize(rgb, options.size, options.resize)
-        pixels = np.asarray(out if out.mode == "RGB" else out.convert("RGB"))
+        pixels = resize(oriented_rgb_or_l(im, orientation), options.size, options.resize)
     except _LIBRARY_ERRORS as exc:
         raise _undecodable(exc) from exc
     finally:

@@ -67,11 +67,10 @@ def lanczos_resize(
         for lo, hi, b, e, weights in _bands(height, out_h, float(top), float(bottom)):
             np.matmul(weights, rows[lo:hi], out=down[b:e])
         planes = _rounded(down).reshape(out_h, width, channels).transpose(0, 2, 1).reshape(out_h * channels, width)
-        across = np.empty((out_h * channels, out_w), np.float32)
+        across = np.empty((out_h, out_w, channels), np.float32)  # interleaved again, block by block
         for lo, hi, b, e, weights in _bands(width, out_w, float(left), float(right)):
-            np.matmul(planes[:, lo:hi], weights.T, out=across[:, b:e])
-    result = _rounded(across).astype(np.uint8).reshape(out_h, channels, out_w)
-    return np.ascontiguousarray(result.transpose(0, 2, 1))
+            across[:, b:e] = (planes[:, lo:hi] @ weights.T).reshape(out_h, channels, e - b).transpose(0, 2, 1)
+    return _rounded(across).astype(np.uint8)
 
 
 def _rounded(sums: np.ndarray) -> np.ndarray:

@@ -29,9 +29,7 @@ The LANCZOS step
 After a draft (and for any reduction under ``2 * REDUCING_GAP``) it runs as
 banded matrix products (:mod:`~tensorstore_ds.conversion.decode.lanczos`):
 the same filter as Pillow's, exact on every machine, and about twice as fast
-as Pillow's own resize on a draft-decoded photo. Modes other than ``L`` and
-``RGB`` (none reach it from :func:`decode_image`) and larger reductions go to
-Pillow.
+as Pillow's own resize on a draft-decoded photo. Larger reductions go to Pillow.
 
 Images the draft cannot shrink
 ------------------------------
@@ -94,8 +92,8 @@ def needed_size(width: int, height: int, orientation: int, size: int, rule: str)
     return (nh, nw) if orientation >= 5 else (nw, nh)
 
 
-def resize(im: Image.Image, size: int, rule: str) -> Image.Image:
-    """Resize an ``L`` or ``RGB`` image to ``size x size``.
+def resize(im: Image.Image, size: int, rule: str) -> np.ndarray:
+    """Resize an ``L`` or ``RGB`` image to ``size x size`` RGB pixels.
 
     Parameters
     ----------
@@ -107,30 +105,44 @@ def resize(im: Image.Image, size: int, rule: str) -> Image.Image:
         ``"squash"`` stretches the whole image; ``"center-crop"`` scales the
         short side to ``size`` and keeps the centre; ``"pad"`` scales the long
         side to ``size`` and centres the image on black.
+
+    Returns
+    -------
+    numpy.ndarray
+        C-contiguous uint8 ``(size, size, 3)``; an ``L`` image's one channel
+        repeated. It may be read-only.
     """
     width, height = im.size
     if rule == "squash":
-        return _lanczos(im, (size, size))
+        return _rgb(_lanczos(im, (size, size)))
     if rule == "center-crop":
         side = min(width, height)
         left, top = (width - side) / 2, (height - side) / 2
-        return _lanczos(im, (size, size), (left, top, left + side, top + side))
+        return _rgb(_lanczos(im, (size, size), (left, top, left + side, top + side)))
     scale = size / max(width, height)
     new_w = min(size, max(1, round(width * scale)))
     new_h = min(size, max(1, round(height * scale)))
-    canvas = Image.new(im.mode, (size, size), 0)
-    canvas.paste(_lanczos(im, (new_w, new_h)), ((size - new_w) // 2, (size - new_h) // 2))
+    canvas = np.zeros((size, size, 3), np.uint8)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    canvas[top : top + new_h, left : left + new_w] = _lanczos(im, (new_w, new_h))
     return canvas
+
+
+def _rgb(pixels: np.ndarray) -> np.ndarray:
+    return pixels if pixels.shape[2] == 3 else np.ascontiguousarray(np.broadcast_to(pixels, (*pixels.shape[:2], 3)))
 
 
 def _lanczos(
     im: Image.Image, size: tuple[int, int], box: tuple[float, float, float, float] | None = None
-) -> Image.Image:
-    """LANCZOS by matrix products (:mod:`.lanczos`), or by Pillow where it first averages blocks."""
+) -> np.ndarray:
+    """``(height, width, channels)`` pixels: LANCZOS by matrix products (:mod:`.lanczos`), or by Pillow.
+
+    Pillow resizes what it first averages by blocks (``reducing_gap``), and
+    returns an image already the size asked for as it is.
+    """
     left, top, right, bottom = box if box is not None else (0.0, 0.0, float(im.width), float(im.height))
     reduces = (right - left) / size[0] >= 2 * REDUCING_GAP or (bottom - top) / size[1] >= 2 * REDUCING_GAP
-    if im.mode not in ("RGB", "L") or reduces or (box is None and im.size == size):
-        return im.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=REDUCING_GAP)
-    pixels = np.asarray(im)
-    out = lanczos_resize(pixels.reshape(im.height, im.width, -1), size, box)
-    return Image.fromarray(out if im.mode == "RGB" else out[..., 0], im.mode)
+    if reduces or (box is None and im.size == size):
+        out = np.asarray(im.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=REDUCING_GAP))
+        return out.reshape(size[1], size[0], -1)
+    return lanczos_resize(np.asarray(im).reshape(im.height, im.width, -1), size, box)

@@ -9,7 +9,8 @@ in --workdir. Then, pinned to one core, in interleaved rounds (median of
 
 - the seed's per-image path: ``Image.open(path).convert("RGB").resize((224, 224), LANCZOS)``;
 - a JPEG draft decode alone (DCT-scaled to at least 224 px, no resize): the floor;
-- ``decode_image`` on every file;
+- ``decode_image`` on every file, and the same with Pillow's LANCZOS resize in place of
+  the matrix-product one (the previous release);
 - ``convert(workers=0)`` end to end into a store, and the marginal cost of one
   more image (converting all images minus converting one, which leaves out
   the run's fixed start-up and finishing costs).
@@ -40,6 +41,7 @@ import sysconfig
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +52,7 @@ from bench_decode import mixed_sizes, photo_like  # noqa: E402
 from benchlib import median_rate  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from tensorstore_ds.conversion.decode import resize as resize_module  # noqa: E402
 from tensorstore_ds.conversion.decode.image import ImageOptions, decode_image  # noqa: E402
 
 SIZE = 224
@@ -118,19 +121,37 @@ def quality(files: list[Path]) -> tuple[float, float, str]:
     return float(np.mean(diffs)), diffs[worst], name
 
 
+def pillow_lanczos(im: Image.Image, size: tuple[int, int], box: Any = None) -> np.ndarray:
+    """The previous release's LANCZOS step: Pillow's resize (the baseline for :mod:`lanczos`)."""
+    out = im.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=resize_module.REDUCING_GAP)
+    return np.asarray(out).reshape(size[1], size[0], -1)
+
+
+def with_pillow_resize(files: list[Path], options: ImageOptions) -> None:
+    """decode_image with Pillow's resize instead of the matrix-product LANCZOS."""
+    ours = resize_module._lanczos
+    resize_module._lanczos = pillow_lanczos
+    try:
+        for f in files:
+            decode_image(f, options)
+    finally:
+        resize_module._lanczos = ours
+
+
 def decode_rates(files: list[Path], repeats: int) -> dict[str, float]:
-    """Images per CPU second: seed, draft alone, decode_image (interleaved, medians)."""
+    """Images per CPU second: seed, draft alone, decode_image, and with Pillow's resize (interleaved, medians)."""
     options = ImageOptions(size=SIZE)
     cases = {
         "seed": lambda: [seed_path(f) for f in files],
         "draft": lambda: [draft_only(f) for f in files],
         "decode_image": lambda: [decode_image(f, options) for f in files],
+        "pillow resize": lambda: with_pillow_resize(files, options),
     }
     for work in cases.values():
         work()  # warm the page cache and imports
     times = interleaved(cases, repeats)
     rates = {name: len(files) / statistics.median(t) for name, t in times.items()}
-    for name in ("draft", "decode_image"):
+    for name in ("draft", "decode_image", "pillow resize"):
         rates[f"{name}/seed"] = statistics.median(s / t for s, t in zip(times["seed"], times[name]))
     return rates
 
@@ -247,6 +268,10 @@ def main() -> None:
     print(f"  seed per-image path            {rates['seed']:8.1f}")
     print(f"  JPEG draft decode alone        {rates['draft']:8.1f}   {rates['draft/seed']:5.2f}x seed (the floor)")
     print(f"  decode_image                   {rates['decode_image']:8.1f}   {rates['decode_image/seed']:5.2f}x seed")
+    print(
+        f"  ... with Pillow's resize       {rates['pillow resize']:8.1f}   {rates['pillow resize/seed']:5.2f}x seed"
+        " (the previous release)"
+    )
     convert_vs_seed = conv["convert"] / conv["decode_image (same rounds)"] * rates["decode_image/seed"]
     marginal_vs_seed = conv["convert marginal"] / conv["decode_image (same rounds)"] * rates["decode_image/seed"]
     print(f"  convert(workers=0), end to end {conv['convert']:8.1f}   {convert_vs_seed:5.2f}x seed")

@@ -90,3 +90,13 @@ def test_resize_leaves_large_reductions_to_pillow() -> None:
 
 def pillow_gap(im: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0))
+
+
+def test_pillow_simd_resizes_everything(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With pillow-simd installed, its vectorised resize (faster than the matrix products) does it all."""
+    from tensorstore_ds.conversion.decode import resize as resize_module
+
+    assert resize_module.pillow_simd() is False  # the test environment has Pillow
+    monkeypatch.setattr(resize_module, "pillow_simd", lambda: True)
+    drafted = photo_image(475, 713)
+    assert np.array_equal(np.asarray(resize(drafted, 224, "squash")), pillow_gap(drafted, (224, 224)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -73,10 +75,23 @@ def test_exact_whatever_the_order_of_summation(block: int, monkeypatch: pytest.M
         lanczos._bands.cache_clear()
 
 
-def test_blas_threads_are_given_back() -> None:
-    before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
-    lanczos_resize(np.asarray(photo_image(300, 200)), (64, 64))
-    assert [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"] == before
+def blas_threads() -> list[int]:
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+def test_blas_threads_are_given_back_also_when_threads_resize_at_once() -> None:
+    before = blas_threads()
+    pixels = np.asarray(photo_image(300, 200))
+    expected = lanczos_resize(pixels, (64, 64))
+    assert blas_threads() == before
+
+    def work() -> list[np.ndarray]:
+        return [lanczos_resize(pixels, (64, 64)) for _ in range(20)]
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = [r for f in [pool.submit(work) for _ in range(4)] for r in f.result()]
+    assert all(np.array_equal(r, expected) for r in results)
+    assert blas_threads() == before
 
 
 def test_resize_leaves_large_reductions_to_pillow() -> None:

@@ -26,8 +26,11 @@ results differ by rounding, on average by 0.2 grey levels.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -61,7 +64,7 @@ def lanczos_resize(
     height, width, channels = pixels.shape
     left, top, right, bottom = box if box is not None else (0.0, 0.0, float(width), float(height))
     out_w, out_h = size
-    with _blas().limit(limits=1, user_api="blas"):  # small products: threads only contend with decode processes
+    with _one_blas_thread():  # small products: BLAS threads would only contend with the decode processes
         rows = pixels.reshape(height, width * channels).astype(np.float32)  # pixels interleaved: (H, W * C)
         down = np.empty((out_h, width * channels), np.float32)
         for lo, hi, b, e, weights in _bands(height, out_h, float(top), float(bottom)):
@@ -81,9 +84,34 @@ def _rounded(sums: np.ndarray) -> np.ndarray:
     return np.clip(sums, 0, 255, out=sums)
 
 
+_LIMIT_LOCK = threading.Lock()
+_LIMIT: dict[str, Any] = {"users": 0, "limiter": None}
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """BLAS limited to one thread while any thread of this process is in here (about 10 microseconds).
+
+    Counted, so that threads resizing at once restore the pools' own setting
+    only when the last of them leaves.
+    """
+    with _LIMIT_LOCK:
+        if _LIMIT["users"] == 0:
+            _LIMIT["limiter"] = _blas().limit(limits=1, user_api="blas")
+        _LIMIT["users"] += 1
+    try:
+        yield
+    finally:
+        with _LIMIT_LOCK:
+            _LIMIT["users"] -= 1
+            if _LIMIT["users"] == 0:
+                _LIMIT["limiter"].restore_original_limits()
+                _LIMIT["limiter"] = None
+
+
 @functools.cache
 def _blas() -> Any:
-    """This process's BLAS thread pools (found once: about 10 microseconds to limit them for a call)."""
+    """This process's BLAS thread pools, found once."""
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController()

@@ -1,4 +1,4 @@
-"""Processes of this machine: whether a process id still runs.
+"""Processes of this machine: whether a process id still runs, and the cores this one may use.
 
 Shared-memory copies and ring files (``serve``), partial downloads and
 conversion leases (``store``) are named or stamped with the pid of the process
@@ -20,3 +20,11 @@ def alive(pid: int) -> bool:
     except PermissionError:
         return True  # alive, another user's
     return True
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

@@ -48,12 +48,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_decode import mixed_sizes, photo_like  # noqa: E402
+from bench_decode import mixed_sizes, photo_like, pin_one_core  # noqa: E402
 from benchlib import median_rate  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tensorstore_ds.conversion.decode import resize as resize_module  # noqa: E402
 from tensorstore_ds.conversion.decode.image import ImageOptions, decode_image  # noqa: E402
+from tensorstore_ds.processes import usable_cores  # noqa: E402
 
 SIZE = 224
 
@@ -83,14 +84,6 @@ def draft_only(path: str | Path) -> Image.Image:
     im.draft("RGB", (SIZE, SIZE))
     im.load()
     return im
-
-
-def pin_one_core() -> str:
-    if hasattr(os, "sched_setaffinity"):
-        cpu = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cpu})
-        return f"pinned to CPU {cpu}"
-    return "not pinned"
 
 
 def cpu_seconds(work: Callable[[], object]) -> float:
@@ -218,7 +211,7 @@ def simd_rates(venv: Path, source: Path, repeats: int) -> dict[str, float]:
 def all_cores(files: list[Path], source: Path, out: Path, repeats: int) -> dict[str, float]:
     from tensorstore_ds import convert
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
 
     def seed_pool() -> int:
         with multiprocessing.get_context("spawn").Pool(cores) as pool:

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from ..processes import alive
+from ..processes import alive, usable_cores
 from .shm import PREFIX, SharedBuffer
 
 FREE, TAKEN = 0, 1
@@ -280,14 +280,6 @@ _RINGS: dict[bool, BatchRing] = {}
 # consumer holds; the main process's own batches are the one served and the one held.
 MAX_SLOTS = {False: 2, True: 3}
 WAIT = 1.0  # seconds a worker's ring waits for a free slot before growing (spawned workers start that far apart)
-
-
-def usable_cores() -> int:
-    """Cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def worker_floor(worker_id: int) -> int:

@@ -135,7 +135,7 @@ def _bands(in_size: int, out_size: int, start: float, stop: float) -> tuple[Band
     bands = []
     for b in range(0, out_size, BLOCK):
         e = min(b + BLOCK, out_size)
-        lo, hi = int(first[b]), int(max(first[j] + count[j] for j in range(b, e)))
+        lo, hi = int(first[b]), int((first[b:e] + count[b:e]).max())
         band = np.zeros((e - b, hi - lo), np.float32)
         cols = first[b:e, None] - lo + k[None, :]
         keep = k[None, :] < count[b:e, None]

@@ -1,28 +1,37 @@
-"""Chunk files written by a decode process, from a buffer file the converting process fills.
+"""Chunk files written by a decode process, gathered from the staging file and a buffer file.
 
 Writing a chunk file costs a copy of every byte into the page cache, a sync
-and a hash: about a quarter of a millisecond of CPU per 224x224 sample, which
-would cap a conversion at a few thousand samples per second whatever its
-cores. So when the conversion has decode processes, the writer fills its
-chunk in a :class:`ChunkBuffers` file (two chunk-sized buffers, mapped) and
-hands the finished buffer to a decode process, which writes the chunk file
-atomically with ``fsync`` and returns its size and SHA-256
-(:func:`write_chunk_from`). The writer fills the other buffer meanwhile; a
-buffer is filled again only once the chunk written from it is settled. The
-file lives in the store's work directory; it is rewritten in place, so the
-kernel writes little of it back to disk.
+and a hash, and copying each decoded row into the chunk costs as much again:
+together more than a quarter of a millisecond of CPU per 224x224 sample,
+which would cap a conversion at a few thousand samples per second whatever
+its cores. So when the conversion has decode processes, the converting
+process only notes where each row of a chunk is: in its staging slot (see
+``staging``), where the decoder left it, or, for a row that was not decoded
+in this run (a row a retry keeps), in a :class:`ChunkBuffers` file (two
+chunk-sized buffers, mapped) that the writer fills. A decode process gathers
+the rows, hashes the chunk, writes it atomically with ``fsync`` and returns
+its size and SHA-256 (:func:`write_chunk_from`). The writer fills the other
+buffer meanwhile; a buffer (and the chunk's staging slots) is reused only
+once the chunk written from it is settled. The buffer file lives in the
+store's work directory and is rewritten in place, so the kernel writes little
+of it back to disk; a chunk of staged rows never touches it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..format.hashing import hash_file
-from ..format.layout import ArraySpec, write_chunk
+from ..format.layout import ArraySpec, write_bytes_atomic
+
+if TYPE_CHECKING:
+    from .staging import Stage
+
+Gather = tuple["Stage", list[tuple[int, int]]]  # the staging file, and (row in the chunk, slot) of each staged row
 
 __all__ = ["ChunkBuffers", "write_chunk_from"]
 
@@ -68,17 +77,45 @@ class ChunkBuffers:
             mapping.close()
 
 
-def write_chunk_from(buffer: str, offset: int, root: Path, spec: ArraySpec, k: int) -> tuple[int, str]:
-    """In a decode process: write chunk ``k`` of ``spec`` from ``buffer`` at ``offset``; its size and SHA-256."""
-    rows = spec.shape[0]
-    nbytes = rows * spec.row_bytes
-    fd = os.open(buffer, os.O_RDONLY)
+def write_chunk_from(
+    buffer: str, offset: int, root: Path, spec: ArraySpec, k: int, gather: Gather | None = None
+) -> tuple[int, str]:
+    """In a decode process: write chunk ``k`` of ``spec``; return its size and SHA-256.
+
+    Rows listed in ``gather`` (``stage, [(row, slot), ...]``) are read from
+    their staging slots, the others from ``buffer`` at ``offset``; the chunk
+    is hashed in memory before it is written (zero-padded, atomically, with
+    ``fsync``).
+    """
+    rows, row_bytes = spec.shape[0], spec.row_bytes
+    data = bytearray(spec.chunk_bytes)  # zero-padded past the last row, as Zarr reads it
+    staged = gather[1] if gather is not None else []
+    in_buffer = sorted(set(range(rows)) - {i for i, _ in staged})
+    _read_runs(buffer, offset, [(i, i) for i in in_buffer], row_bytes, data)
+    if gather is not None:
+        _read_runs(gather[0].path, 0, sorted(staged), row_bytes, data)
+    digest = hashlib.sha256(data).hexdigest()
+    write_bytes_atomic(root / spec.chunk_key(k), memoryview(data), fsync=True)
+    return len(data), digest
+
+
+def _read_runs(path: str, base: int, rows: list[tuple[int, int]], row_bytes: int, out: bytearray) -> None:
+    """Read row ``src`` of ``path`` (rows from ``base``) into row ``dst`` of ``out``, for each ``(dst, src)``.
+
+    Rows consecutive in both are read by one ``preadv``.
+    """
+    if not rows:
+        return
+    view = memoryview(out)
+    fd = os.open(path, os.O_RDONLY)
     try:
-        data = bytearray(nbytes)
-        if os.preadv(fd, [data], offset) != nbytes:
-            raise OSError(f"short read from the chunk buffer {buffer}")
+        start = 0
+        for end in range(1, len(rows) + 1):
+            if end < len(rows) and rows[end] == (rows[end - 1][0] + 1, rows[end - 1][1] + 1):
+                continue
+            (dst, src), n = rows[start], (end - start) * row_bytes
+            if os.preadv(fd, [view[dst * row_bytes : dst * row_bytes + n]], base + src * row_bytes) != n:
+                raise OSError(f"short read from {path}")
+            start = end
     finally:
         os.close(fd)
-    array: Any = np.frombuffer(data, spec.dtype).reshape(spec.shape)
-    write_chunk(root, spec, k, array, fsync=True)
-    return hash_file(root / spec.chunk_key(k))

@@ -4,8 +4,8 @@ Rows move through four stages, each bounded:
 
 1. *read*: tasks are read from the source while fewer than ``lookahead``
    tasks are in flight past the oldest unfinished one (the head), and fewer
-   than 4 decode windows (stage 3) of them carry their media bytes (embedded
-   images or arrays, which wait in memory; URLs and paths are small);
+   than :data:`HEAVY_AHEAD` per decode process of them carry their media bytes
+   (embedded images or arrays, which wait in memory; URLs and paths are small);
 2. *fetch*: URL tasks are fetched by threads. ``fetch_threads`` fetches run at
    once; a fetch running longer than :data:`SLOW_AFTER` seconds (a stalled
    server) stops counting, so another may start, up to ``STALL_ROOM`` times
@@ -16,13 +16,15 @@ Rows move through four stages, each bounded:
    memory are bounded whatever the decode speed;
 3. *decode*: fetched bodies (and paths, bytes, arrays) are decoded by a pool
    of worker processes, in batches of up to :data:`BATCH` samples per task
-   (one pickle and one future per batch), at most ``4 x workers x BATCH``
+   (one pickle and one future per batch), at most ``2 x workers x BATCH``
    samples at once, or inline in the calling thread when ``workers == 0``.
-   With a :class:`~.staging.Stage`, the decoder writes the decoded media row
-   into its slot of the staging file and returns only the small values; the
-   result carries a :class:`~.staging.StagedRow`, which the writer reads
-   straight into its chunk (no pickle, one copy). The decode processes also
-   write the chunk files (``offload``, see ``chunkio``);
+   With a :class:`~.staging.Stage`, each sample sent to decode takes a free
+   slot of the staging file, the decoder writes the decoded media row into it
+   and returns only the small values; the result carries a
+   :class:`~.staging.StagedRow`, which holds the slot until the consumer
+   releases it (the writer, once the row's chunk file is written). The decode
+   processes also write the chunk files, gathering the rows from their slots
+   (``offload``, see ``chunkio``);
 4. *yield*: results are yielded strictly in source order, so the store is the
    same whatever the number of workers and whatever the timing. A stalled
    URL holds up only its own row: the rows behind it are fetched and decoded
@@ -62,17 +64,19 @@ from .tasks import Outcome, Task, check_decoders_run, process_pool
 
 SLOW_AFTER = 1.0  # seconds after which a fetch counts as stalled and frees its concurrency slot
 STALL_ROOM = 4  # fetch threads at most, as a multiple of fetch_threads
-BATCH = 8  # samples per decode-process task at most: fewer pickles, futures and wake-ups per sample
+BATCH = 32  # samples per decode-process task at most: fewer pickles, futures and thread wake-ups per sample
+HEAVY_AHEAD = 128  # tasks carrying their media bytes read ahead at most, per decode process
 HEAVY = frozenset({"bytes", "array"})  # task kinds whose payload is the media itself
 
 
 class _Item:
     """A task in flight: its sequence number, its result future, its payload while needed."""
 
-    __slots__ = ("future", "host", "payload", "seq", "task")
+    __slots__ = ("future", "host", "payload", "seq", "slot", "task")
 
     def __init__(self, seq: int, task: Task) -> None:
         self.seq, self.task, self.payload, self.host = seq, task, task.payload, ""
+        self.slot = -1  # its staging slot once sent to decode
         self.future: Future[dict[str, Any]] = Future()
 
 
@@ -95,9 +99,12 @@ class Pipeline:
     hosts
         Per-host cap and circuit breaker shared with ``fetcher``.
     lookahead
-        Tasks in flight at most past the head; ``stage.depth`` when staged.
+        Tasks in flight at most past the head.
     stage
-        Where decoded media rows wait for their turn (None: in memory).
+        Where decoded media rows wait for their turn (None: in memory). Its
+        slots beyond ``lookahead`` are what the consumer may hold (rows it has
+        not released); when the consumer holds them all, :meth:`map` raises
+        rather than wait for ever.
     """
 
     def __init__(
@@ -118,8 +125,8 @@ class Pipeline:
         self.canary = canary
         self.hosts = hosts if hosts is not None else Hosts(trip_after=0)
         self.stage = stage
-        self.lookahead = stage.depth if stage is not None else max(8, lookahead)
-        self.decode_window = max(8, 4 * workers * BATCH)
+        self.lookahead = max(8, lookahead) if stage is None else min(max(8, lookahead), stage.depth)
+        self.decode_window = max(8, 2 * workers * BATCH)  # a batch decoding and one queued, per process
         self._procs: ProcessPoolExecutor | None = None
         self._solo: ProcessPoolExecutor | None = None  # decodes one sample at a time after a crash
         self._threads: ThreadPoolExecutor | None = None
@@ -195,12 +202,22 @@ class Pipeline:
                 continue
             if not window and exhausted:
                 return
+            self._check_slots()
             with self._wake:
                 if not (window and window[0].future.done()):
                     self._wake.wait(0.25 if self._fetching else 2.0)
 
+    def _check_slots(self) -> None:
+        """Raise when samples wait to decode, none is decoding and the consumer holds every slot."""
+        staged = self._staged
+        if staged is not None and self._to_decode and not self._decoding and not staged.free:
+            raise RuntimeError(
+                f"all {self.stage.depth if self.stage else 0} staging slots are held by rows not released: "
+                "the consumer must release each StagedRow, and the stage must be deeper than the lookahead"
+            )
+
     def _room_to_read(self, heavy: int) -> bool:
-        if heavy >= 4 * self.decode_window:  # embedded media wait in memory, not staged: keep them few
+        if heavy >= HEAVY_AHEAD * max(1, self.workers):  # embedded media wait in memory, not staged: keep them few
             return False
         return len(self._to_decode) < self.decode_window and len(self._to_fetch) < 2 * self.fetch_threads
 
@@ -273,6 +290,11 @@ class Pipeline:
             return []
         decodes = []
         while self._to_decode and self._decoding < self.decode_window:
+            if self._staged is not None:
+                slot = self._staged.take()
+                if slot is None:  # the consumer holds them: wait for it to release some
+                    break
+                self._to_decode[0].slot = slot
             decodes.append(self._to_decode.popleft())
             self._decoding += 1
         return decodes
@@ -305,7 +327,7 @@ class Pipeline:
 
     def _start_batch(self, items: list[_Item]) -> None:
         pool, stage = self._procs, self.stage
-        jobs = [(item.seq % stage.depth if stage else 0, item.payload, item.task.args) for item in items]
+        jobs = [(item.slot, item.payload, item.task.args) for item in items]
         future: Future[Any] = Future()
         try:
             if pool is not None:
@@ -335,7 +357,7 @@ class Pipeline:
     def _submit_alone(self, pool: ProcessPoolExecutor, item: _Item) -> Future[dict[str, Any]]:
         args = (item.payload, *item.task.args)
         if self.stage is not None:
-            return pool.submit(decode_staged, self.stage, item.seq % self.stage.depth, self.decode, *args)
+            return pool.submit(decode_staged, self.stage, item.slot, self.decode, *args)
         return pool.submit(self.decode, *args)
 
     # --- results -----------------------------------------------------------------
@@ -344,18 +366,23 @@ class Pipeline:
         try:
             values = item.future.result()
         except SampleError as exc:
-            return exc
+            return self._unstage(item, exc)
         except BrokenProcessPool:
             self._replace(getattr(item.future, "pool", None))
-            outcome = self._alone(item)
-            return outcome if isinstance(outcome, SampleError) else self._unstage(item, outcome)
+            return self._unstage(item, self._alone(item))
         return self._unstage(item, values)
 
-    def _unstage(self, item: _Item, values: dict[str, Any]) -> dict[str, Any]:
-        """Put the staged media row (a :class:`StagedRow`, to be read before the next result) into ``values``."""
-        if self.stage is not None and self._staged is not None and item.task.kind != "done":
-            values[self.stage.field] = self._staged.row(item.seq % self.stage.depth)
-        return values
+    def _unstage(self, item: _Item, outcome: Outcome) -> Outcome:
+        """Put the staged media row (a :class:`StagedRow`, holding its slot) into a result; free a failure's slot."""
+        if self._staged is None or item.slot < 0:
+            return outcome
+        if isinstance(outcome, SampleError):
+            self._staged.give_back(item.slot)
+        else:
+            assert self.stage is not None
+            outcome[self.stage.field] = self._staged.row(item.slot)
+        item.slot = -1
+        return outcome
 
     def _replace(self, broken: ProcessPoolExecutor | None) -> None:
         """Swap in a new pool for the broken one (once, however many of its futures report it)."""

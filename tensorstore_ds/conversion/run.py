@@ -153,7 +153,8 @@ def _run(
     hosts = opts.hosts()
     fetcher = Fetcher(opts.fetch_options(), concurrency=opts.fetch_concurrency, hosts=hosts)
     media = writer.plan.columns[0]
-    stage = Stage(str(writer.work / "staging"), opts.lookahead, media.name, media.row_shape, media.dtype)
+    depth = opts.lookahead + 2 * writer.plan.chunk_rows  # what the pipeline and the writer hold at most
+    stage = Stage(str(writer.work / "staging"), depth, media.name, media.row_shape, media.dtype)
     bar = tqdm(
         total=total,
         initial=writer.next_row,
@@ -162,7 +163,8 @@ def _run(
         desc=f"converting {src.spec}"[:60],
         dynamic_ncols=True,
     )
-    pipe = Pipeline(decode_sample, workers, fetcher, opts.fetch_concurrency, _canary(columns.media), hosts, stage=stage)
+    canary = _canary(columns.media)
+    pipe = Pipeline(decode_sample, workers, fetcher, opts.fetch_concurrency, canary, hosts, opts.lookahead, stage)
     failed: Counter[str] = Counter()
     shown = time.monotonic()
     with bar, pipe:

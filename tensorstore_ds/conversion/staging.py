@@ -1,20 +1,25 @@
-"""The staging file: decoded media rows handed from decode processes to the writer.
+"""The staging file: decoded media rows handed from decode processes to the store's chunk files.
 
 A decode process does not send its decoded row back through a pipe (a pickle
 of 150 KB per 224x224 image, unpickled and copied by the converting process).
 It writes the row into one slot of a file, the staging file, with one
 ``pwrite``, and sends back only the small values (the image size, the audio
-length). The converting process reads the slot with one ``preadv`` into the
-chunk the writer is filling (no mapping, so no page faults, and one copy).
+length). The converting process never reads the row: when a chunk is full,
+the decode process that writes the chunk file gathers its rows from their
+slots (``chunkio``), so the pixels cross the converting process not at all.
+(Without decode processes, the converting process reads each row into its
+chunk with one ``preadv``.)
 
-Slots are reused in a fixed rotation: the pipeline's ``n``-th task uses slot
-``n % depth``, and at most ``depth`` tasks are in flight past the oldest
-unwritten one, so a slot is written again only after the writer has copied
-it. The file is scratch: it lives in the store's work directory, is created
-afresh (sparse, so untouched slots take no disk) by every run, and never
-holds the only copy of a committed sample, so a crash loses nothing that a
-rerun does not redo. It costs ``depth x row bytes`` of disk at most (page
-cache, not pinned memory: the kernel writes it back or drops it as it needs).
+Slots are lent out, not taken in rotation. The pipeline takes a free slot for
+each sample it sends to decode, and the row (:class:`StagedRow`) holds it
+until its chunk file is written; then it is given back. Free slots are reused
+last-in first-out, so the file's pages in use stay few (those of the rows in
+flight) however deep the lookahead. A conversion sizes the file for its
+lookahead plus two chunks (the chunk being filled and the one being written),
+which is the most that can be held at once. The file is scratch: it lives in
+the store's work directory, is created afresh (sparse, so untouched slots
+take no disk) by every run, and never holds the only copy of a committed
+sample, so a crash loses nothing that a rerun does not redo.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ class Stage:
     path
         The staging file.
     depth
-        Slots in the file (the pipeline's lookahead).
+        Slots in the file: the rows that can be staged at once.
     field
         The media value staged (``images`` or ``audio``); the other values
         travel back by pickle.
@@ -92,15 +97,36 @@ class Stage:
 
 
 class StagedRows:
-    """Reads staged rows in the converting process into one reused row buffer."""
+    """The converting process's side of the staging file: its free slots, and reading rows.
+
+    Taking and giving back a slot are single list operations, atomic under the
+    GIL, so fetch threads and the consumer may do them at once.
+    """
 
     def __init__(self, stage: Stage) -> None:
         self.stage = stage
         self.row_bytes = stage.row_bytes
         self.fd = os.open(stage.path, os.O_RDONLY)
+        self._free = list(range(stage.depth - 1, -1, -1))  # a stack: slot 0 first, the last given back next
+
+    def take(self) -> int | None:
+        """A free slot, or None when every slot is held."""
+        try:
+            return self._free.pop()
+        except IndexError:
+            return None
+
+    def give_back(self, slot: int) -> None:
+        """Make ``slot`` free again."""
+        self._free.append(slot)
+
+    @property
+    def free(self) -> int:
+        """Slots free now."""
+        return len(self._free)
 
     def row(self, slot: int) -> StagedRow:
-        """Slot ``slot``, to be read into its destination (before the slot is reused)."""
+        """The row in ``slot``: it holds the slot until :meth:`StagedRow.release`."""
         return StagedRow(self, slot)
 
     def read_into(self, slot: int, out: np.ndarray) -> None:
@@ -114,16 +140,32 @@ class StagedRows:
 
 
 class StagedRow:
-    """A decoded row still in the staging file: the writer reads it straight into its chunk."""
+    """A decoded row still in the staging file; it holds its slot until released.
+
+    The writer either has a decode process gather it into a chunk file (by
+    :attr:`stage` and :attr:`slot`) or reads it into its chunk
+    (:meth:`read_into`); then it calls :meth:`release`.
+    """
 
     __slots__ = ("rows", "slot")
 
     def __init__(self, rows: StagedRows, slot: int) -> None:
         self.rows, self.slot = rows, slot
 
+    @property
+    def stage(self) -> Stage:
+        """The staging file the row is in."""
+        return self.rows.stage
+
     def read_into(self, out: np.ndarray) -> None:
         """Copy the row into ``out``."""
         self.rows.read_into(self.slot, out)
+
+    def release(self) -> None:
+        """Give the slot back (once; the row cannot be read after)."""
+        if self.slot >= 0:
+            self.rows.give_back(self.slot)
+            self.slot = -1
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = np.empty(self.rows.stage.row_shape, self.rows.stage.dtype)

@@ -9,9 +9,12 @@ to an uninterrupted run. ``finish`` compacts the parts into the small arrays,
 the caption index and ``failures.jsonl``, then writes the manifest last.
 
 Writing elsewhere: when the conversion has decode processes
-(:meth:`StoreWriter.use_processes`), the chunk is filled in a shared buffer
-file and one of them writes the chunk file (with ``fsync``) and hashes it
-(see ``chunkio``); the part file and the state follow once that write has
+(:meth:`StoreWriter.use_processes`), one of them writes each chunk file (with
+``fsync``) and hashes it (see ``chunkio``). It gathers the chunk's rows from
+the staging file, where the decoders left them (the writer only notes each
+row's slot, and releases the slots once the chunk is written), and any row
+that is not staged (a row a retry keeps) from a shared buffer file the
+writer fills. The part file and the state follow once that write has
 returned, so the order above (chunk files, part file, state) still holds
 chunk by chunk, and at most one chunk is on its way while the next fills.
 The digest is kept in the part file (``files``); ``finish`` hashes only the
@@ -52,6 +55,16 @@ from .compact import compact, read_json
 from .staging import StagedRow
 
 SMALL_CHUNK_ROWS = 2**20
+_Write = tuple[
+    ArraySpec, "Future[Any] | None", list[tuple[int, StagedRow]]
+]  # a chunk file, its writer, its staged rows
+_Pending = tuple[int, int, list[_Write], dict[str, Any]]  # chunk, buffer, its files, its state and part
+
+
+def _read_staged(staged: list[tuple[int, StagedRow]], buffer: np.ndarray) -> None:
+    """Read staged rows into their places in ``buffer`` (when no decode process gathers them)."""
+    for i, row in staged:
+        row.read_into(buffer[i])
 
 
 @dataclass(frozen=True)
@@ -129,7 +142,8 @@ class StoreWriter:
         self._part: dict[str, Any] = self._empty_part()
         self.offload: Callable[..., Future[Any] | None] | None = None  # runs a function in another process
         self._shared: ChunkBuffers | None = None
-        self._pending: deque[tuple[int, int, list[tuple[ArraySpec, Future[Any] | None]], dict[str, Any]]] = deque()
+        self._staged: dict[str, list[tuple[int, StagedRow]]] = {c.name: [] for c in plan.columns if c.media}
+        self._pending: deque[_Pending] = deque()
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -245,8 +259,11 @@ class StoreWriter:
         for column in self.plan.columns:
             if column.media:
                 value = values[column.name]
-                if isinstance(value, StagedRow):  # still in the staging file: read it straight in
+                if isinstance(value, StagedRow) and self.offload is not None:  # gathered by the chunk's writer
+                    self._staged[column.name].append((slot, value))
+                elif isinstance(value, StagedRow):  # read straight in from the staging file
                     value.read_into(self._buffers[column.name][slot])
+                    value.release()
                 else:
                     self._buffers[column.name][slot] = value
             else:
@@ -277,11 +294,12 @@ class StoreWriter:
 
     def _commit(self, rows: int) -> None:
         k, b = self.chunks, self.chunks % 2
-        writes: list[tuple[ArraySpec, Future[Any] | None]] = []
+        writes: list[_Write] = []
         for column in self.plan.columns:
             if column.media and rows:  # a part of failures only has no media chunk
                 spec = ArraySpec(column.name, (rows, *column.row_shape), column.dtype, self.plan.chunk_rows)
-                writes.append((spec, self._write_elsewhere(b, spec, k)))
+                staged, self._staged[column.name] = self._staged[column.name], []
+                writes.append((spec, self._write_elsewhere(b, spec, k, staged), staged))
         self._pending.append((k, b, writes, {**self._counts(k + 1), "part": self._part}))
         self.chunks += 1
         self._part = self._empty_part()
@@ -290,16 +308,25 @@ class StoreWriter:
             self._buffers = self._shared.arrays(self.chunks % 2)
 
     def settle(self) -> None:
-        """Wait for the chunks being written elsewhere and commit them (before those processes stop)."""
+        """Before the decode processes and the staging file go: commit the chunks being written elsewhere,
+        and read the staged rows of the chunk being filled into it."""
         with self._writing():
             self._settle(keep=0)
+            for name, staged in self._staged.items():
+                _read_staged(staged, self._buffers[name])
+                for _, row in staged:
+                    row.release()
+                staged.clear()
         self.offload = None
 
-    def _write_elsewhere(self, b: int, spec: ArraySpec, k: int) -> Future[Any] | None:
+    def _write_elsewhere(
+        self, b: int, spec: ArraySpec, k: int, staged: list[tuple[int, StagedRow]]
+    ) -> Future[Any] | None:
         if self._shared is None or self.offload is None:
             return None
         offset = self._shared.regions[b][spec.name][0]
-        return self.offload(write_chunk_from, str(self._shared.path), offset, self.root, spec, k)
+        gather = (staged[0][1].stage, [(i, row.slot) for i, row in staged]) if staged else None
+        return self.offload(write_chunk_from, str(self._shared.path), offset, self.root, spec, k, gather)
 
     def _settle(self, keep: int) -> None:
         """Finish the oldest pending commits, in order, until ``keep`` are left: chunk files, part, state."""
@@ -307,7 +334,7 @@ class StoreWriter:
             k, b, writes, state = self._pending[0]
             part = state.pop("part")
             buffers = self._shared.arrays(b) if self._shared is not None else self._buffers
-            for spec, future in writes:
+            for spec, future, staged in writes:
                 digest = None
                 if future is not None:
                     try:
@@ -317,14 +344,17 @@ class StoreWriter:
                     except Exception:  # the writing process died: write it here
                         digest = None
                 if digest is None:
+                    _read_staged(staged, buffers[spec.name])
                     write_chunk(self.root, spec, k, buffers[spec.name][: spec.shape[0]], fsync=True)
                 else:
                     part["files"][spec.chunk_key(k)] = {"size": digest[0], ALGORITHM: digest[1]}
+                for _, row in staged:
+                    row.release()
             write_json_atomic(self.work / "parts" / f"{k:08d}.json", part)
             write_json_atomic(self.work / "state.json", state)
             self.committed = state["converted"]
             self._pending.popleft()
-            self.committed_chunk(k, [spec.chunk_key(k) for spec, _ in writes])
+            self.committed_chunk(k, [spec.chunk_key(k) for spec, _, _ in writes])
 
     def committed_chunk(self, k: int, keys: list[str]) -> None:
         """Hook: chunk ``k``'s files (``keys``), part and state are durable (a conversion into a URL uploads them)."""

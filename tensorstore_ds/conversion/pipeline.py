@@ -16,8 +16,10 @@ Rows move through four stages, each bounded:
    memory are bounded whatever the decode speed;
 3. *decode*: fetched bodies (and paths, bytes, arrays) are decoded by a pool
    of worker processes, in batches of up to :data:`BATCH` samples per task
-   (one pickle and one future per batch), at most ``2 x workers x BATCH``
-   samples at once, or inline in the calling thread when ``workers == 0``.
+   (one pickle and one future per batch), two batches per process at most
+   (one decoding, one queued); samples that arrive while every process is
+   busy wait and leave together in the next batch. With ``workers == 0``
+   they are decoded inline in the calling thread.
    With a :class:`~.staging.Stage`, each sample sent to decode takes a free
    slot of the staging file, the decoder writes the decoded media row into it
    and returns only the small values; the result carries a
@@ -126,7 +128,7 @@ class Pipeline:
         self.hosts = hosts if hosts is not None else Hosts(trip_after=0)
         self.stage = stage
         self.lookahead = max(8, lookahead) if stage is None else min(max(8, lookahead), stage.depth)
-        self.decode_window = max(8, 2 * workers * BATCH)  # a batch decoding and one queued, per process
+        self.decode_window = max(8, 2 * workers * BATCH)  # samples read ahead to decode: two full batches a process
         self._procs: ProcessPoolExecutor | None = None
         self._solo: ProcessPoolExecutor | None = None  # decodes one sample at a time after a crash
         self._threads: ThreadPoolExecutor | None = None
@@ -138,7 +140,8 @@ class Pipeline:
         self._parked: dict[str, deque[_Item]] = {}
         self._fetching: OrderedDict[int, float] = OrderedDict()  # seq -> start, oldest first
         self._to_decode: deque[_Item] = deque()
-        self._decoding = 0
+        self._decoding = 0  # samples in batches sent to decode
+        self._batches = 0  # those batches
         self._undecoded = 0
 
     def __enter__(self) -> Pipeline:
@@ -248,9 +251,8 @@ class Pipeline:
             decodes = self._decodes_to_start(inline)
         for item in starts:
             self._start_fetch(item)
-        size = max(1, min(BATCH, len(decodes) // max(1, self.workers)))  # every worker gets some
-        for start in range(0, len(decodes), size):
-            self._start_batch(decodes[start : start + size])
+        for batch in decodes:
+            self._start_batch(batch)
 
     def _fetches_to_start(self) -> list[_Item]:
         starts: list[_Item] = []
@@ -285,19 +287,35 @@ class Pipeline:
             item.future.set_exception(exc)
         self._wake.notify()
 
-    def _decodes_to_start(self, inline: bool) -> list[_Item]:
+    def _decodes_to_start(self, inline: bool) -> list[list[_Item]]:
+        """Batches to send now: at most two per decode process in flight, what waits spread over them.
+
+        While every process is busy, samples (fetched bodies) wait here and
+        leave together in the next free batch, up to :data:`BATCH`: so when
+        decoding is the bottleneck, batches are large and cost little per
+        sample; when it is not, a sample leaves at once.
+        """
         if self.workers == 0 and not inline:
             return []
-        decodes = []
-        while self._to_decode and self._decoding < self.decode_window:
-            if self._staged is not None:
-                slot = self._staged.take()
-                if slot is None:  # the consumer holds them: wait for it to release some
-                    break
-                self._to_decode[0].slot = slot
-            decodes.append(self._to_decode.popleft())
-            self._decoding += 1
-        return decodes
+        batches: list[list[_Item]] = []
+        room = 2 * max(1, self.workers) - self._batches
+        while room > 0 and self._to_decode:
+            size = min(BATCH, -(-len(self._to_decode) // room))
+            batch: list[_Item] = []
+            while len(batch) < size and self._to_decode:
+                if self._staged is not None:
+                    slot = self._staged.take()
+                    if slot is None:  # the consumer holds them: wait for it to release some
+                        break
+                    self._to_decode[0].slot = slot
+                batch.append(self._to_decode.popleft())
+            if not batch:
+                break
+            batches.append(batch)
+            self._batches += 1
+            self._decoding += len(batch)
+            room -= 1
+        return batches
 
     def _start_fetch(self, item: _Item) -> None:
         assert self._threads is not None
@@ -350,6 +368,7 @@ class Pipeline:
             else:
                 item.future.set_result(result)
         with self._wake:
+            self._batches -= 1
             self._decoding -= len(items)
             self._undecoded -= len(items)
             self._wake.notify()

@@ -12,7 +12,7 @@ import pytest
 
 from tensorstore_ds.conversion.api import convert
 from tensorstore_ds.conversion.chunkio import ChunkBuffers, write_chunk_from
-from tensorstore_ds.conversion.pipeline import Pipeline, Task
+from tensorstore_ds.conversion.pipeline import BATCH, Pipeline, Task
 from tensorstore_ds.conversion.staging import Stage, StagedRow
 from tensorstore_ds.conversion.tasks import keep_freed_memory, process_pool
 from tensorstore_ds.errors import SampleError
@@ -159,3 +159,33 @@ def test_decode_processes_reuse_freed_image_buffers() -> None:
     finally:
         pool.shutdown()
     assert faults < 100  # 4 KiB pages: under 400 KiB faulted in per image (about 2,100 without)
+
+
+def slow_fill(seed: int) -> dict[str, Any]:
+    """A decode that takes a few milliseconds, in a decode process."""
+    import time
+
+    time.sleep(0.003)
+    return fill(seed)
+
+
+def test_samples_waiting_for_busy_decoders_leave_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes: list[int] = []
+    in_flight: list[int] = []
+    start_batch = Pipeline._start_batch
+
+    def spy(self: Pipeline, items: list[Any]) -> None:
+        sizes.append(len(items))
+        in_flight.append(self._batches)
+        start_batch(self, items)
+
+    monkeypatch.setattr(Pipeline, "_start_batch", spy)
+    with Pipeline(slow_fill, 1, lookahead=400, stage=make_stage(tmp_path, 500)) as pipe:
+        rows = 0
+        for _, outcome in pipe.map(tasks(300)):
+            if not isinstance(outcome, SampleError):
+                outcome["images"].release()
+            rows += 1
+    assert rows == 300 and sum(sizes) == 300
+    assert max(in_flight) <= 2  # one batch decoding and one queued, per process
+    assert max(sizes) == BATCH and len(sizes) <= 2 * 300 // BATCH

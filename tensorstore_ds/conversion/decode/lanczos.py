@@ -64,16 +64,29 @@ def lanczos_resize(
     height, width, channels = pixels.shape
     left, top, right, bottom = box if box is not None else (0.0, 0.0, float(width), float(height))
     out_w, out_h = size
+    verticals, horizontals = (
+        _bands(height, out_h, float(top), float(bottom)),
+        _bands(width, out_w, float(left), float(right)),
+    )
+    y0, y1 = _reach(verticals)
+    x0, x1 = _reach(horizontals)  # only the pixels the filters read (a crop's box) are converted and filtered
+    cols = x1 - x0
     with _one_blas_thread():  # small products: BLAS threads would only contend with the decode processes
-        rows = pixels.reshape(height, width * channels).astype(np.float32)  # pixels interleaved: (H, W * C)
-        down = np.empty((out_h, width * channels), np.float32)
-        for lo, hi, b, e, weights in _bands(height, out_h, float(top), float(bottom)):
-            np.matmul(weights, rows[lo:hi], out=down[b:e])
-        planes = _rounded(down).reshape(out_h, width, channels).transpose(0, 2, 1).reshape(out_h * channels, width)
+        rows = pixels[y0:y1, x0:x1].reshape(y1 - y0, cols * channels).astype(np.float32)  # interleaved: (H, W * C)
+        down = np.empty((out_h, cols * channels), np.float32)
+        for lo, hi, b, e, weights in verticals:
+            np.matmul(weights, rows[lo - y0 : hi - y0], out=down[b:e])
+        planes = _rounded(down).reshape(out_h, cols, channels).transpose(0, 2, 1).reshape(out_h * channels, cols)
         across = np.empty((out_h, out_w, channels), np.float32)  # interleaved again, block by block
-        for lo, hi, b, e, weights in _bands(width, out_w, float(left), float(right)):
-            across[:, b:e] = (planes[:, lo:hi] @ weights.T).reshape(out_h, channels, e - b).transpose(0, 2, 1)
+        for lo, hi, b, e, weights in horizontals:
+            block = planes[:, lo - x0 : hi - x0] @ weights.T
+            across[:, b:e] = block.reshape(out_h, channels, e - b).transpose(0, 2, 1)
     return _rounded(across).astype(np.uint8)
+
+
+def _reach(bands: tuple[Band, ...]) -> tuple[int, int]:
+    """The input pixels that any band reads: ``lo:hi``."""
+    return min(band[0] for band in bands), max(band[1] for band in bands)
 
 
 def _rounded(sums: np.ndarray) -> np.ndarray:

@@ -21,19 +21,22 @@ from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import Future
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..format.layout import ArraySpec, write_bytes_atomic
+from ..format.layout import ArraySpec, write_bytes_atomic, write_chunk
 
 if TYPE_CHECKING:
-    from .staging import Stage
+    from .staging import Stage, StagedRow
 
 Gather = tuple["Stage", list[tuple[int, int]]]  # the staging file, and (row in the chunk, slot) of each staged row
+Staged = list[tuple[int, "StagedRow"]]  # (row in the chunk, its staged row) of a chunk's staged rows
+ChunkWrite = tuple[ArraySpec, "Future[Any] | None", Staged]  # a chunk file, the write elsewhere, its staged rows
 
-__all__ = ["ChunkBuffers", "write_chunk_from"]
+__all__ = ["ChunkBuffers", "ChunkWrite", "read_staged", "settle_chunk_file", "write_chunk_from"]
 
 
 class ChunkBuffers:
@@ -119,3 +122,37 @@ def _read_runs(path: str, base: int, rows: list[tuple[int, int]], row_bytes: int
             start = end
     finally:
         os.close(fd)
+
+
+def settle_chunk_file(
+    root: Path, spec: ArraySpec, k: int, future: Future[Any] | None, staged: Staged, buffer: np.ndarray
+) -> tuple[int, str] | None:
+    """In the converting process: wait for chunk ``k``'s file, written elsewhere; release its staged rows.
+
+    Returns its size and SHA-256, or None when it was written here instead
+    (no process took it, or that process died): then the staged rows are
+    read into ``buffer`` first, and the file is hashed with the others at the
+    end. An ``OSError`` from the writing process (a full disk) is raised.
+    """
+    digest = None
+    if future is not None:
+        try:
+            digest = future.result()
+        except OSError:
+            raise
+        except Exception:  # the writing process died: write it here
+            digest = None
+    if digest is None:
+        read_staged(staged, buffer)
+        write_chunk(root, spec, k, buffer[: spec.shape[0]], fsync=True)
+    for _, row in staged:
+        row.release()
+    return digest
+
+
+def read_staged(staged: Staged, buffer: np.ndarray, release: bool = False) -> None:
+    """Read staged rows into their places in ``buffer`` (when no decode process gathers them)."""
+    for i, row in staged:
+        row.read_into(buffer[i])
+        if release:
+            row.release()

@@ -9,12 +9,9 @@ to an uninterrupted run. ``finish`` compacts the parts into the small arrays,
 the caption index and ``failures.jsonl``, then writes the manifest last.
 
 Writing elsewhere: when the conversion has decode processes
-(:meth:`StoreWriter.use_processes`), one of them writes each chunk file (with
-``fsync``) and hashes it (see ``chunkio``). It gathers the chunk's rows from
-the staging file, where the decoders left them (the writer only notes each
-row's slot, and releases the slots once the chunk is written), and any row
-that is not staged (a row a retry keeps) from a shared buffer file the
-writer fills. The part file and the state follow once that write has
+(:meth:`StoreWriter.use_processes`), one of them gathers, writes (with
+``fsync``) and hashes each chunk file (see ``chunkio``); the writer only notes
+where each row is. The part file and the state follow once that write has
 returned, so the order above (chunk files, part file, state) still holds
 chunk by chunk, and at most one chunk is on its way while the next fills.
 The digest is kept in the part file (``files``); ``finish`` hashes only the
@@ -45,26 +42,16 @@ from ..format.hashing import ALGORITHM, checksum_files, store_files
 from ..format.layout import (
     TEMP_FILE,
     ArraySpec,
-    write_chunk,
     write_group_metadata,
     write_json_atomic,
 )
 from ..format.manifest import FORMAT_VERSION, MANIFEST, RESERVED_DIRS, WORK_DIR, Manifest
-from .chunkio import ChunkBuffers, write_chunk_from
+from .chunkio import ChunkBuffers, ChunkWrite, read_staged, settle_chunk_file, write_chunk_from
 from .compact import compact, read_json
 from .staging import StagedRow
 
 SMALL_CHUNK_ROWS = 2**20
-_Write = tuple[
-    ArraySpec, "Future[Any] | None", list[tuple[int, StagedRow]]
-]  # a chunk file, its writer, its staged rows
-_Pending = tuple[int, int, list[_Write], dict[str, Any]]  # chunk, buffer, its files, its state and part
-
-
-def _read_staged(staged: list[tuple[int, StagedRow]], buffer: np.ndarray) -> None:
-    """Read staged rows into their places in ``buffer`` (when no decode process gathers them)."""
-    for i, row in staged:
-        row.read_into(buffer[i])
+_Pending = tuple[int, int, list[ChunkWrite], dict[str, Any]]  # chunk, buffer, its files, its state and part
 
 
 @dataclass(frozen=True)
@@ -294,7 +281,7 @@ class StoreWriter:
 
     def _commit(self, rows: int) -> None:
         k, b = self.chunks, self.chunks % 2
-        writes: list[_Write] = []
+        writes: list[ChunkWrite] = []
         for column in self.plan.columns:
             if column.media and rows:  # a part of failures only has no media chunk
                 spec = ArraySpec(column.name, (rows, *column.row_shape), column.dtype, self.plan.chunk_rows)
@@ -313,9 +300,7 @@ class StoreWriter:
         with self._writing():
             self._settle(keep=0)
             for name, staged in self._staged.items():
-                _read_staged(staged, self._buffers[name])
-                for _, row in staged:
-                    row.release()
+                read_staged(staged, self._buffers[name], release=True)
                 staged.clear()
         self.offload = None
 
@@ -335,21 +320,9 @@ class StoreWriter:
             part = state.pop("part")
             buffers = self._shared.arrays(b) if self._shared is not None else self._buffers
             for spec, future, staged in writes:
-                digest = None
-                if future is not None:
-                    try:
-                        digest = future.result()
-                    except OSError:
-                        raise
-                    except Exception:  # the writing process died: write it here
-                        digest = None
-                if digest is None:
-                    _read_staged(staged, buffers[spec.name])
-                    write_chunk(self.root, spec, k, buffers[spec.name][: spec.shape[0]], fsync=True)
-                else:
+                digest = settle_chunk_file(self.root, spec, k, future, staged, buffers[spec.name])
+                if digest is not None:
                     part["files"][spec.chunk_key(k)] = {"size": digest[0], ALGORITHM: digest[1]}
-                for _, row in staged:
-                    row.release()
             write_json_atomic(self.work / "parts" / f"{k:08d}.json", part)
             write_json_atomic(self.work / "state.json", state)
             self.committed = state["converted"]

@@ -84,7 +84,7 @@ class ConvertOptions:
     resampler: str = _option("soxr", "soxr is fast; resampy is the seed's", content=True, choices=RESAMPLERS)
     chunk_mb: float = _option(16.0, "target size of one chunk file, MiB", content=True, parse=float)
     workers: int | None = _option(
-        None, "decode processes (default: all cores; 0 decodes in the main process)", parse=int
+        None, "decode processes (default: the cores this process may use; 0 decodes in the main process)", parse=int
     )
     split: str = _option("train", "split to load from a dataset name, folder, or data files")
     fetch_concurrency: int = _option(64, "concurrent URL downloads", parse=int)

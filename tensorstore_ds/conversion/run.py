@@ -23,6 +23,7 @@ from ..errors import OptionsError, SampleError, SampleFailedError
 from ..format.layout import chunk_rows_for
 from ..format.manifest import MANIFEST, Manifest
 from ..options import progress_disabled
+from ..processes import usable_cores
 from ..store.store import is_url
 from .columns import ColumnPlan, captions_of, cast_media_features, clip_of, kept_of, media_of, plan_columns
 from .decode import decode_sample
@@ -149,7 +150,7 @@ def _run(
         check_audio_formats(rows, lambda values: media_of(values, columns, src.base_dir))
     stop = opts.limit
     total = src.num_rows if stop is None else (min(stop, src.num_rows) if src.num_rows is not None else stop)
-    workers = (os.cpu_count() or 1) if opts.workers is None else opts.workers
+    workers = usable_cores() if opts.workers is None else opts.workers  # the cores we may run on, not the machine's
     hosts = opts.hosts()
     fetcher = Fetcher(opts.fetch_options(), concurrency=opts.fetch_concurrency, hosts=hosts)
     media = writer.plan.columns[0]

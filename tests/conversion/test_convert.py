@@ -343,6 +343,23 @@ def test_workers_do_not_change_the_store(tmp_path: Path) -> None:
     assert len(open_store(tmp_path / "w0")) == 10
 
 
+def test_default_workers_are_the_cores_this_process_may_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tensorstore_ds.conversion import run
+
+    started: list[int] = []
+
+    class Spy(Pipeline):
+        def __init__(self, decode: Any, workers: int, *args: Any, **kwargs: Any) -> None:
+            started.append(workers)
+            super().__init__(decode, workers, *args, **kwargs)
+
+    monkeypatch.setattr(run, "Pipeline", Spy)
+    monkeypatch.setattr(run, "usable_cores", lambda: 1)  # a container pinned to one core of a larger machine
+    src = write_parquet(tmp_path / "src.parquet", {"image": local_images(tmp_path, 3), "caption": ["a", "b", "c"]})
+    convert(src, tmp_path / "out", **{**FAST, "workers": None})
+    assert started == [1]
+
+
 def test_resume_after_a_failed_run_and_after_a_crash_in_finish(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     names = local_images(tmp_path, 12, bad={7: "img/missing.png"})  # 11 samples: a partial last chunk
     src = write_parquet(tmp_path / "src.parquet", {"image": names, "caption": [f"c{i}" for i in range(12)]})

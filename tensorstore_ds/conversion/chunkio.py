@@ -36,7 +36,7 @@ Gather = tuple["Stage", list[tuple[int, int]]]  # the staging file, and (row in 
 Staged = list[tuple[int, "StagedRow"]]  # (row in the chunk, its staged row) of a chunk's staged rows
 ChunkWrite = tuple[ArraySpec, "Future[Any] | None", Staged]  # a chunk file, the write elsewhere, its staged rows
 
-__all__ = ["ChunkBuffers", "ChunkWrite", "read_staged", "settle_chunk_file", "write_chunk_from"]
+__all__ = ["ChunkBuffers", "ChunkWrite", "Staged", "read_staged", "settle_chunk_file", "write_chunk_from"]
 
 
 class ChunkBuffers:

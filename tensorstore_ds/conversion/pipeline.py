@@ -215,7 +215,7 @@ class Pipeline:
         staged = self._staged
         if staged is not None and self._to_decode and not self._decoding and not staged.free:
             raise RuntimeError(
-                f"all {self.stage.depth if self.stage else 0} staging slots are held by rows not released: "
+                f"all {staged.stage.depth} staging slots are held by rows not released: "
                 "the consumer must release each StagedRow, and the stage must be deeper than the lookahead"
             )
 

@@ -46,7 +46,7 @@ from ..format.layout import (
     write_json_atomic,
 )
 from ..format.manifest import FORMAT_VERSION, MANIFEST, RESERVED_DIRS, WORK_DIR, Manifest
-from .chunkio import ChunkBuffers, ChunkWrite, read_staged, settle_chunk_file, write_chunk_from
+from .chunkio import ChunkBuffers, ChunkWrite, Staged, read_staged, settle_chunk_file, write_chunk_from
 from .compact import compact, read_json
 from .staging import StagedRow
 
@@ -129,7 +129,7 @@ class StoreWriter:
         self._part: dict[str, Any] = self._empty_part()
         self.offload: Callable[..., Future[Any] | None] | None = None  # runs a function in another process
         self._shared: ChunkBuffers | None = None
-        self._staged: dict[str, list[tuple[int, StagedRow]]] = {c.name: [] for c in plan.columns if c.media}
+        self._staged: dict[str, Staged] = {c.name: [] for c in plan.columns if c.media}
         self._pending: deque[_Pending] = deque()
 
     # --- lifecycle ----------------------------------------------------------
@@ -304,9 +304,7 @@ class StoreWriter:
                 staged.clear()
         self.offload = None
 
-    def _write_elsewhere(
-        self, b: int, spec: ArraySpec, k: int, staged: list[tuple[int, StagedRow]]
-    ) -> Future[Any] | None:
+    def _write_elsewhere(self, b: int, spec: ArraySpec, k: int, staged: Staged) -> Future[Any] | None:
         if self._shared is None or self.offload is None:
             return None
         offset = self._shared.regions[b][spec.name][0]

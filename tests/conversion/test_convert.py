@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -568,20 +569,29 @@ def test_pipeline_keeps_order_and_reports_decoder_bugs(http_server: TestServer) 
         np.testing.assert_array_equal(outcome["images"], decode_image(bodies[task.row], ImageOptions(SIZE))[0])
 
     # A decoder bug (not a SampleError) in a fetch thread must surface, not hang map().
+    def run() -> None:
+        with Pipeline(broken_decode, 0, Fetcher(FetchOptions(retries=0)), 4) as pipe:
+            list(pipe.map(tasks[:3]))
+
+    caught = raised_without_hanging(run, "Pipeline.map hung on a decoder error")
+    assert len(caught) == 1 and isinstance(caught[0], RuntimeError) and "decoder bug" in str(caught[0])
+
+
+def raised_without_hanging(work: Callable[[], None], hung: str) -> list[BaseException]:
+    """Run ``work`` in a thread that must end within 60 s (else fail with ``hung``); what it raised."""
     caught: list[BaseException] = []
 
     def run() -> None:
         try:
-            with Pipeline(broken_decode, 0, Fetcher(FetchOptions(retries=0)), 4) as pipe:
-                list(pipe.map(tasks[:3]))
+            work()
         except BaseException as exc:
             caught.append(exc)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     thread.join(60)
-    assert not thread.is_alive(), "Pipeline.map hung on a decoder error"
-    assert len(caught) == 1 and isinstance(caught[0], RuntimeError) and "decoder bug" in str(caught[0])
+    assert not thread.is_alive(), hung
+    return caught
 
 
 # --- the command line -------------------------------------------------------------------------------------

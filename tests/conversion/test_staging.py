@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,13 @@ from tensorstore_ds.conversion.tasks import keep_freed_memory, process_pool
 from tensorstore_ds.errors import SampleError
 from tensorstore_ds.format.hashing import hash_file
 from tensorstore_ds.format.layout import ArraySpec, write_chunk
-from tests.conversion.test_convert import FAST, assert_same_store, local_images, write_parquet
+from tests.conversion.test_convert import (
+    FAST,
+    assert_same_store,
+    local_images,
+    raised_without_hanging,
+    write_parquet,
+)
 
 ROW = (4, 3)
 
@@ -87,20 +92,13 @@ def test_a_consumer_that_releases_rows_uses_few_slots_however_deep_the_stage(tmp
 
 
 def test_a_consumer_that_keeps_every_slot_gets_an_error_not_a_hang(tmp_path: Path) -> None:
-    caught: list[BaseException] = []
     kept: list[Any] = []
 
     def run() -> None:
-        try:
-            with Pipeline(fill, 0, lookahead=8, stage=make_stage(tmp_path, 12)) as pipe:
-                kept.extend(outcome for _, outcome in pipe.map(tasks(40)))
-        except BaseException as exc:
-            caught.append(exc)
+        with Pipeline(fill, 0, lookahead=8, stage=make_stage(tmp_path, 12)) as pipe:
+            kept.extend(outcome for _, outcome in pipe.map(tasks(40)))
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(60)
-    assert not thread.is_alive(), "Pipeline.map hung with every staging slot held"
+    caught = raised_without_hanging(run, "Pipeline.map hung with every staging slot held")
     assert len(kept) == 12
     assert len(caught) == 1 and isinstance(caught[0], RuntimeError)
     assert caught[0].args[0].startswith("all 12 staging slots are held by rows not released")

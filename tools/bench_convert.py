@@ -9,8 +9,10 @@ in --workdir. Then, pinned to one core, in interleaved rounds (median of
 
 - the seed's per-image path: ``Image.open(path).convert("RGB").resize((224, 224), LANCZOS)``;
 - a JPEG draft decode alone (DCT-scaled to at least 224 px, no resize): the floor;
-- ``decode_image`` on every file, and the same with Pillow's LANCZOS resize in place of
-  the matrix-product one (the previous release);
+- ``decode_image`` on every file (with the compiled LANCZOS passes when the
+  ``_resample`` extension is built), the same with numpy's matrix products in
+  their place (an install without a C compiler; the previous release), and with
+  Pillow's LANCZOS resize (the release before);
 - ``convert(workers=0)`` end to end into a store, and the marginal cost of one
   more image (converting all images minus converting one, which leaves out
   the run's fixed start-up and finishing costs).
@@ -52,6 +54,7 @@ from bench_decode import mixed_sizes, photo_like, pin_one_core  # noqa: E402
 from benchlib import median_rate  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from tensorstore_ds.conversion.decode import lanczos  # noqa: E402
 from tensorstore_ds.conversion.decode import resize as resize_module  # noqa: E402
 from tensorstore_ds.conversion.decode.image import ImageOptions, decode_image  # noqa: E402
 from tensorstore_ds.processes import usable_cores  # noqa: E402
@@ -115,13 +118,13 @@ def quality(files: list[Path]) -> tuple[float, float, str]:
 
 
 def pillow_lanczos(im: Image.Image, size: tuple[int, int], box: Any = None) -> np.ndarray:
-    """The previous release's LANCZOS step: Pillow's resize (the baseline for :mod:`lanczos`)."""
+    """An earlier release's LANCZOS step: Pillow's resize (the baseline for :mod:`lanczos`)."""
     out = im.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=resize_module.REDUCING_GAP)
     return np.asarray(out).reshape(size[1], size[0], -1)
 
 
 def with_pillow_resize(files: list[Path], options: ImageOptions) -> None:
-    """decode_image with Pillow's resize instead of the matrix-product LANCZOS."""
+    """decode_image with Pillow's resize instead of our LANCZOS."""
     ours = resize_module._lanczos
     resize_module._lanczos = pillow_lanczos
     try:
@@ -131,20 +134,32 @@ def with_pillow_resize(files: list[Path], options: ImageOptions) -> None:
         resize_module._lanczos = ours
 
 
+def with_matrix_products(files: list[Path], options: ImageOptions) -> None:
+    """decode_image as installed without a C compiler: numpy's matrix products instead of the compiled passes."""
+    compiled = lanczos._resample
+    lanczos._resample = None
+    try:
+        for f in files:
+            decode_image(f, options)
+    finally:
+        lanczos._resample = compiled
+
+
 def decode_rates(files: list[Path], repeats: int) -> dict[str, float]:
-    """Images per CPU second: seed, draft alone, decode_image, and with Pillow's resize (interleaved, medians)."""
+    """Images per CPU second: seed, draft alone, decode_image, and its other resizes (interleaved, medians)."""
     options = ImageOptions(size=SIZE)
     cases = {
         "seed": lambda: [seed_path(f) for f in files],
         "draft": lambda: [draft_only(f) for f in files],
         "decode_image": lambda: [decode_image(f, options) for f in files],
+        "matrix products": lambda: with_matrix_products(files, options),
         "pillow resize": lambda: with_pillow_resize(files, options),
     }
     for work in cases.values():
         work()  # warm the page cache and imports
     times = interleaved(cases, repeats)
     rates = {name: len(files) / statistics.median(t) for name, t in times.items()}
-    for name in ("draft", "decode_image", "pillow resize"):
+    for name in ("draft", "decode_image", "matrix products", "pillow resize"):
         rates[f"{name}/seed"] = statistics.median(s / t for s, t in zip(times["seed"], times[name]))
     return rates
 
@@ -260,10 +275,16 @@ def main() -> None:
     print(f"\nimages per CPU second, one core, median of {args.repeats} interleaved rounds")
     print(f"  seed per-image path            {rates['seed']:8.1f}")
     print(f"  JPEG draft decode alone        {rates['draft']:8.1f}   {rates['draft/seed']:5.2f}x seed (the floor)")
-    print(f"  decode_image                   {rates['decode_image']:8.1f}   {rates['decode_image/seed']:5.2f}x seed")
+    how = "compiled passes" if lanczos.compiled() else "matrix products: the extension is not built"
+    print(f"  decode_image ({how})")
+    print(f"                                 {rates['decode_image']:8.1f}   {rates['decode_image/seed']:5.2f}x seed")
+    print(
+        f"  ... with matrix products       {rates['matrix products']:8.1f}   {rates['matrix products/seed']:5.2f}x seed"
+        " (no C compiler; the previous release)"
+    )
     print(
         f"  ... with Pillow's resize       {rates['pillow resize']:8.1f}   {rates['pillow resize/seed']:5.2f}x seed"
-        " (the previous release)"
+        " (the release before)"
     )
     convert_vs_seed = conv["convert"] / conv["decode_image (same rounds)"] * rates["decode_image/seed"]
     marginal_vs_seed = conv["convert marginal"] / conv["decode_image (same rounds)"] * rates["decode_image/seed"]

@@ -15,7 +15,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 stamp="$VENV/.tensorstore_ds-installed"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ tensorstore_ds/conversion/decode/_resample.c -nt "$stamp" ]; then
   if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(tuple(map(int, torch.__version__.split('+')[0].split('.')[:2])) < (2, 2))" 2>/dev/null; then
     "$VENV/bin/pip" install --quiet "${TORCH_SPEC:-torch==2.13.0}"
   fi

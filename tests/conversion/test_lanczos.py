@@ -1,4 +1,4 @@
-"""LANCZOS by banded matrix products: Pillow's filter, and exact whatever the BLAS does."""
+"""LANCZOS in fixed point, compiled or by banded matrix products: Pillow's filter, the same bytes either way."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import concurrent.futures
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from threadpoolctl import threadpool_info
 
@@ -13,6 +15,20 @@ from tensorstore_ds.conversion.decode import lanczos
 from tensorstore_ds.conversion.decode.lanczos import lanczos_resize
 from tensorstore_ds.conversion.decode.resize import resize
 from tests.conversion.test_decode_image import photo_image
+
+needs_extension = pytest.mark.skipif(
+    not lanczos.compiled(), reason="the _resample extension was not built (no C compiler at install)"
+)
+
+
+@pytest.fixture(params=["compiled", "matrix products"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test taking this runs with the compiled passes and with numpy's matrix products."""
+    if request.param == "compiled" and not lanczos.compiled():
+        pytest.skip("the _resample extension was not built (no C compiler at install)")
+    if request.param == "matrix products":
+        monkeypatch.setattr(lanczos, "_resample", None)
+    return str(request.param)
 
 
 def pillow(im: Image.Image, size: tuple[int, int], box: tuple[float, float, float, float] | None = None) -> np.ndarray:
@@ -31,7 +47,7 @@ def pillow(im: Image.Image, size: tuple[int, int], box: tuple[float, float, floa
     ],
 )
 def test_matches_pillow_up_to_rounding(
-    source: tuple[int, int], size: tuple[int, int], box: tuple[float, float, float, float] | None
+    source: tuple[int, int], size: tuple[int, int], box: tuple[float, float, float, float] | None, backend: str
 ) -> None:
     im = photo_image(*source)
     ours = lanczos_resize(np.asarray(im), size, box)
@@ -40,7 +56,7 @@ def test_matches_pillow_up_to_rounding(
     assert diff.mean() < 0.3 and diff.max() <= 4  # Pillow filters the other axis first and rounds in between
 
 
-def test_one_channel_and_one_pixel() -> None:
+def test_one_channel_and_one_pixel(backend: str) -> None:
     grey = photo_image(333, 222).convert("L")
     ours = lanczos_resize(np.asarray(grey)[..., None], (100, 100))
     assert np.abs(ours[..., 0].astype(int) - pillow(grey, (100, 100))).mean() < 0.3
@@ -67,6 +83,7 @@ def exact(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def test_exact_whatever_the_order_of_summation(block: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """float32 BLAS sums equal float64 sums: every partial sum is an integer below 2**24."""
     pixels = np.asarray(photo_image(517, 389))
+    monkeypatch.setattr(lanczos, "_resample", None)
     monkeypatch.setattr(lanczos, "BLOCK", block)
     lanczos._bands.cache_clear()
     try:
@@ -79,7 +96,8 @@ def blas_threads() -> list[int]:
     return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
 
 
-def test_blas_threads_are_given_back_also_when_threads_resize_at_once() -> None:
+def test_blas_threads_are_given_back_also_when_threads_resize_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lanczos, "_resample", None)  # only the matrix products use BLAS
     before = blas_threads()
     pixels = np.asarray(photo_image(300, 200))
     expected = lanczos_resize(pixels, (64, 64))
@@ -94,7 +112,7 @@ def test_blas_threads_are_given_back_also_when_threads_resize_at_once() -> None:
     assert blas_threads() == before
 
 
-def test_resize_leaves_large_reductions_to_pillow() -> None:
+def test_resize_leaves_large_reductions_to_pillow(backend: str) -> None:
     big = photo_image(1600, 1400)  # 7x: Pillow averages blocks first (reducing_gap)
     assert np.array_equal(np.asarray(resize(big, 224, "squash")), pillow_gap(big, (224, 224)))
     same = photo_image(224, 224)
@@ -115,3 +133,69 @@ def test_pillow_simd_resizes_everything(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(resize_module, "pillow_simd", lambda: True)
     drafted = photo_image(475, 713)
     assert np.array_equal(np.asarray(resize(drafted, 224, "squash")), pillow_gap(drafted, (224, 224)))
+
+
+@needs_extension
+def test_compiled_equals_exact_sums() -> None:
+    pixels = np.asarray(photo_image(517, 389))
+    assert np.array_equal(lanczos_resize(pixels, (224, 224)), exact(pixels, (224, 224)))
+
+
+@needs_extension
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 160),
+    st.integers(1, 160),
+    st.sampled_from([1, 3, 4]),
+    st.integers(1, 120),
+    st.integers(1, 120),
+    st.tuples(*[st.floats(0.0, 1.0)] * 4),
+    st.integers(0, 2**32 - 1),
+)
+def test_compiled_and_matrix_products_give_the_same_bytes(
+    height: int, width: int, channels: int, out_w: int, out_h: int, corners: tuple[float, ...], seed: int
+) -> None:
+    """Reductions, enlargements, crops, 1, 3 and 4 channels: identical bytes, so a store does not depend on the build."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, channels), np.uint8)
+    a, b, c, d = corners
+    left, right = sorted((a * width, c * width))
+    top, bottom = sorted((b * height, d * height))
+    region = (left, top, max(right, left + 0.5), max(bottom, top + 0.5))
+    args = ((out_w, out_h), *region)
+    assert np.array_equal(lanczos._compiled(pixels, *args), lanczos._matrix_products(pixels, *args))
+
+
+@needs_extension
+def test_compiled_refuses_tables_that_read_outside_the_image() -> None:
+    pixels = np.zeros((10, 10, 3), np.uint8)
+    first, count, weights = (np.array(a) for a in lanczos._weights(10, 4, 0.0, 10.0))
+    out = np.empty((4, 4, 3), np.uint8)
+    first[-1] += 5  # its last output row would read rows 10 and beyond
+    with pytest.raises(ValueError, match="inconsistent"):
+        lanczos._resample.resample(
+            pixels,
+            10,
+            10,
+            3,
+            first,
+            count,
+            weights,
+            weights.shape[1],
+            first,
+            count,
+            weights,
+            weights.shape[1],
+            0,
+            10,
+            out,
+        )
+
+
+@needs_extension
+def test_compiled_resizes_in_threads_at_once() -> None:
+    """The passes run without the GIL (fetch threads go on meanwhile), each call with its own buffers."""
+    images = [np.asarray(photo_image(300 + 7 * i, 200 + 5 * i)) for i in range(4)]
+    expected = [lanczos_resize(im, (64, 64)) for im in images]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: [lanczos_resize(images[i % 4], (64, 64)) for _ in range(20)], range(8)))
+    assert all(np.array_equal(r, expected[i % 4]) for i, rs in enumerate(results) for r in rs)

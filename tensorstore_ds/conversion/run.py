@@ -10,6 +10,8 @@ fetched again and the store is rebuilt around them (see ``retry``).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import os
 import time
 from collections import Counter
@@ -40,6 +42,8 @@ from .tasks import Task
 from .writer import Column, Plan, StoreWriter
 
 PROGRESS_EVERY = 0.5  # seconds between updates of the progress bar's counts
+
+log = logging.getLogger("tensorstore_ds")
 
 
 def convert_rows(
@@ -140,6 +144,19 @@ def _plan(opts: ConvertOptions, columns: ColumnPlan, src: Source) -> Plan:
     )
 
 
+@functools.cache
+def _note_resize_without_extension() -> None:
+    """Warn once per process when images resize without the compiled passes: the same bytes, more slowly."""
+    from .decode import lanczos
+
+    if not lanczos.compiled():
+        log.warning(
+            "tensorstore_ds was installed without its compiled resize (tensorstore_ds.conversion.decode._resample; "
+            "no C compiler at install time): images convert with numpy's matrix products instead, to the same "
+            "bytes, about 1.3x slower per core. Reinstall with a C compiler (gcc or clang) to build it."
+        )
+
+
 def _run(
     src: Source, columns: ColumnPlan, opts: ConvertOptions, writer: StoreWriter, previous: Previous | None = None
 ) -> None:
@@ -148,6 +165,8 @@ def _run(
     if columns.media == "audio":  # stop before decoding when no decoder here reads the source's audio format
         rows = (values for _, values in src.rows(writer.next_row, opts.limit))
         check_audio_formats(rows, lambda values: media_of(values, columns, src.base_dir))
+    else:
+        _note_resize_without_extension()
     stop = opts.limit
     total = src.num_rows if stop is None else (min(stop, src.num_rows) if src.num_rows is not None else stop)
     workers = usable_cores() if opts.workers is None else opts.workers  # the cores we may run on, not the machine's

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,10 +12,13 @@ from hypothesis import strategies as st
 from PIL import Image
 from threadpoolctl import threadpool_info
 
+from tensorstore_ds import convert, open_store
+from tensorstore_ds.conversion import run
 from tensorstore_ds.conversion.decode import lanczos
 from tensorstore_ds.conversion.decode.lanczos import lanczos_resize
 from tensorstore_ds.conversion.decode.resize import resize
 from tests.conversion.test_decode_image import photo_image
+from tests.media import write_table
 
 needs_extension = pytest.mark.skipif(
     not lanczos.compiled(), reason="the _resample extension was not built (no C compiler at install)"
@@ -199,3 +203,28 @@ def test_compiled_resizes_in_threads_at_once() -> None:
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda i: [lanczos_resize(images[i % 4], (64, 64)) for _ in range(20)], range(8)))
     assert all(np.array_equal(r, expected[i % 4]) for i, rs in enumerate(results) for r in rs)
+
+
+@needs_extension
+def test_an_install_without_the_extension_converts_the_same_store_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    paths = []
+    for i, (width, height) in enumerate([(640, 480), (333, 500), (1200, 900), (224, 224), (90, 60)]):
+        paths.append(str(tmp_path / f"{i}.jpg"))
+        photo_image(width, height).save(paths[-1], quality=90)
+    table = write_table(tmp_path / "photos.parquet", {"image": paths, "caption": [f"photo {i}" for i in range(5)]})
+
+    def converted(name: str) -> np.ndarray:
+        run._note_resize_without_extension.cache_clear()
+        convert(str(table), tmp_path / name, workers=0, progress=False, resize="center-crop")
+        return np.asarray(open_store(tmp_path / name).array("images")[:])
+
+    with caplog.at_level("WARNING", logger="tensorstore_ds"):
+        compiled = converted("compiled")
+        assert "compiled resize" not in caplog.text
+        monkeypatch.setattr(lanczos, "_resample", None)
+        fallback = converted("fallback")
+    assert np.array_equal(compiled, fallback) and compiled.shape == (5, 224, 224, 3)
+    assert "installed without its compiled resize" in caplog.text and "the same bytes" in caplog.text
+    run._note_resize_without_extension.cache_clear()

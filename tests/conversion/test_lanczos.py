@@ -181,7 +181,7 @@ def test_compiled_refuses_tables_that_read_outside_the_image() -> None:
     out = np.empty((4, 4, 3), np.uint8)
     first[-1] += 5  # its last output row would read rows 10 and beyond
     with pytest.raises(ValueError, match="inconsistent"):
-        lanczos._resample.resample(
+        lanczos._resample(
             pixels,
             10,
             10,

@@ -38,15 +38,22 @@ import contextlib
 import functools
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
-try:
-    from . import _resample  # type: ignore[attr-defined]
-except ImportError:  # built without a compiler: the matrix products give the same bytes
-    _resample = None
+
+def _load_compiled() -> Callable[..., None] | None:
+    """The extension's ``resample``, or None where the install had no C compiler."""
+    try:
+        from ._resample import resample
+    except ImportError:  # the matrix products give the same bytes
+        return None
+    return resample
+
+
+_resample = _load_compiled()
 
 WEIGHT_BITS = 14
 BLOCK = 16
@@ -91,13 +98,14 @@ def compiled() -> bool:
 def _compiled(
     pixels: np.ndarray, size: tuple[int, int], left: float, top: float, right: float, bottom: float
 ) -> np.ndarray:
-    """Both passes in C (:mod:`._resample`): the same sums, in int32."""
+    """Both passes in C (``_resample.resample``): the same sums, in int32."""
     height, width, channels = pixels.shape
     vfirst, vcount, vweights = _weights(height, size[1], top, bottom)
     hfirst, hcount, hweights = _weights(width, size[0], left, right)
     x0, x1 = int(hfirst.min()), int((hfirst + hcount).max())
     out = np.empty((size[1], size[0], channels), np.uint8)
-    _resample.resample(
+    assert _resample is not None
+    _resample(
         pixels, height, width, channels, vfirst, vcount, vweights, vweights.shape[1],
         hfirst, hcount, hweights, hweights.shape[1], x0, x1, out,
     )  # fmt: skip

@@ -12,8 +12,10 @@ Rows move through four stages, each bounded:
    ``fetch_threads`` threads in all. A per-host cap (:class:`~.hosts.Hosts`)
    parks a capped host's URLs while other hosts' URLs go ahead; a host whose
    circuit is open fails its URLs at once, without a thread. New fetches wait
-   while ``fetch_threads`` fetched bodies are still undecoded, so bodies in
-   memory are bounded whatever the decode speed;
+   while ``fetch_threads`` fetched bodies, and :data:`BODY_BUDGET` bytes of
+   them, are still undecoded, so bodies in memory are bounded whatever the
+   decode speed; within the budget, fetches run ahead of slow decoding, and a
+   stalled URL near the end of the source starts its deadline earlier;
 3. *decode*: fetched bodies (and paths, bytes, arrays) are decoded by a pool
    of worker processes, in batches of up to :data:`BATCH` samples per task
    (one pickle and one future per batch), two batches per process at most
@@ -69,16 +71,18 @@ STALL_ROOM = 4  # fetch threads at most, as a multiple of fetch_threads
 BATCH = 32  # samples per decode-process task at most: fewer pickles, futures and thread wake-ups per sample
 HEAVY_AHEAD = 128  # tasks carrying their media bytes read ahead at most, per decode process
 HEAVY = frozenset({"bytes", "array"})  # task kinds whose payload is the media itself
+BODY_BUDGET = 64 * 2**20  # bytes of fetched bodies that may wait for the decoders (beyond fetch_threads of them)
 
 
 class _Item:
     """A task in flight: its sequence number, its result future, its payload while needed."""
 
-    __slots__ = ("future", "host", "payload", "seq", "slot", "task")
+    __slots__ = ("body", "future", "host", "payload", "seq", "slot", "task")
 
     def __init__(self, seq: int, task: Task) -> None:
         self.seq, self.task, self.payload, self.host = seq, task, task.payload, ""
         self.slot = -1  # its staging slot once sent to decode
+        self.body = 0  # bytes of its fetched body while it waits to be decoded
         self.future: Future[dict[str, Any]] = Future()
 
 
@@ -143,6 +147,7 @@ class Pipeline:
         self._decoding = 0  # samples in batches sent to decode
         self._batches = 0  # those batches
         self._undecoded = 0
+        self._undecoded_bytes = 0  # of fetched bodies
 
     def __enter__(self) -> Pipeline:
         if self.workers > 0:
@@ -222,7 +227,10 @@ class Pipeline:
     def _room_to_read(self, heavy: int) -> bool:
         if heavy >= HEAVY_AHEAD * max(1, self.workers):  # embedded media wait in memory, not staged: keep them few
             return False
-        return len(self._to_decode) < self.decode_window and len(self._to_fetch) < 2 * self.fetch_threads
+        bodies_fit = self.fetcher is not None and self._undecoded_bytes < BODY_BUDGET  # fetches may run ahead
+        return (len(self._to_decode) < self.decode_window or bodies_fit) and len(
+            self._to_fetch
+        ) < 2 * self.fetch_threads
 
     def _admit(self, item: _Item) -> _Item:
         task = item.task
@@ -266,8 +274,8 @@ class Pipeline:
             running = len(self._fetching) + len(starts)
             if running >= STALL_ROOM * self.fetch_threads or running - stalled >= self.fetch_threads:
                 break
-            if self._undecoded >= self.fetch_threads:  # bodies wait for the decoders: fetch no more
-                break
+            if self._undecoded >= self.fetch_threads and self._undecoded_bytes >= BODY_BUDGET:
+                break  # bodies wait for the decoders: fetch no more
             item = self._unparked.popleft() if self._unparked else self._to_fetch.popleft()
             if self.hosts.is_open(item.task.payload):
                 self._unparked.extend(self._parked.pop(item.host, ()))
@@ -340,6 +348,8 @@ class Pipeline:
             if error is None:
                 self._to_decode.append(item)
                 self._undecoded += 1
+                item.body = len(item.payload)
+                self._undecoded_bytes += item.body
             self._wake.notify()
         self._pump()
 
@@ -371,6 +381,7 @@ class Pipeline:
             self._batches -= 1
             self._decoding -= len(items)
             self._undecoded -= len(items)
+            self._undecoded_bytes -= sum(item.body for item in items)
             self._wake.notify()
 
     def _submit_alone(self, pool: ProcessPoolExecutor, item: _Item) -> Future[dict[str, Any]]:

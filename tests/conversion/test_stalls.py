@@ -7,6 +7,7 @@ all loopback on Linux), so each server is a host of its own.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from tensorstore_ds import open_store
+from tensorstore_ds.conversion import pipeline
 from tensorstore_ds.conversion.api import convert
 from tensorstore_ds.conversion.fetch import Fetcher, FetchOptions
 from tensorstore_ds.conversion.hosts import CIRCUIT_OPEN, Hosts
+from tensorstore_ds.conversion.pipeline import Pipeline
+from tensorstore_ds.conversion.tasks import Task
 from tensorstore_ds.errors import FetchError, OptionsError
 from tests.httpserver import Request, Response, TestServer
 from tests.media import image_bytes
@@ -253,3 +257,45 @@ def test_deadline_cuts_a_trickling_body(http_server: TestServer) -> None:
 def test_deadline_is_checked(bad: Any) -> None:
     with pytest.raises(OptionsError, match="FetchOptions.deadline must be a finite number > 0 or None"):
         FetchOptions(deadline=bad)
+
+
+# --- fetched bodies waiting for the decoders ------------------------------------------------------------
+
+
+def slow_length(payload: bytes) -> dict[str, Any]:
+    """A decoder far slower than the fetches (a decode process calls it: module level)."""
+    time.sleep(0.01)
+    return {"n": len(payload)}
+
+
+@pytest.mark.parametrize("budget, fewest, most", [(20_000, 5, 22), (0, 1, 4)])
+def test_fetches_run_ahead_of_the_decoders_within_the_body_budget(
+    budget: int, fewest: int, most: int, http_server: TestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fetched bodies wait for the decoders up to BODY_BUDGET bytes (beyond fetch_threads of them), no more.
+
+    With 1,000-byte bodies, 2 fetch threads and a budget of 20 bodies, fetches run ahead of the decoder
+    by more than the 2 fetch threads and the 2 fetches in flight, up to 20 bodies and 2 more from the
+    fetches in flight when the budget filled; with no budget, 2 and the 2 in flight.
+    """
+    monkeypatch.setattr(pipeline, "BODY_BUDGET", budget)
+    http_server.route("/b/", Response(200, b"x" * 1000), prefix=True)
+    tasks = [Task(i, str(i), "url", http_server.url_for(f"/b/{i}"), (), i) for i in range(100)]
+    peak = {"count": 0, "bytes": 0}
+    with Pipeline(slow_length, 1, Fetcher(FetchOptions(retries=0)), fetch_threads=2, lookahead=1000) as pipe:
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(0.002):
+                peak["count"] = max(peak["count"], pipe._undecoded)
+                peak["bytes"] = max(peak["bytes"], pipe._undecoded_bytes)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            results = [outcome for _, outcome in pipe.map(tasks)]
+        finally:
+            done.set()
+            watcher.join()
+    assert results == [{"n": 1000}] * 100
+    assert fewest <= peak["count"] <= most and peak["bytes"] <= most * 1000

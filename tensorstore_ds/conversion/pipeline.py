@@ -228,9 +228,8 @@ class Pipeline:
         if heavy >= HEAVY_AHEAD * max(1, self.workers):  # embedded media wait in memory, not staged: keep them few
             return False
         bodies_fit = self.fetcher is not None and self._undecoded_bytes < BODY_BUDGET  # fetches may run ahead
-        return (len(self._to_decode) < self.decode_window or bodies_fit) and len(
-            self._to_fetch
-        ) < 2 * self.fetch_threads
+        decodes_fit = len(self._to_decode) < self.decode_window or bodies_fit
+        return decodes_fit and len(self._to_fetch) < 2 * self.fetch_threads
 
     def _admit(self, item: _Item) -> _Item:
         task = item.task

@@ -9,7 +9,7 @@ here in one of two ways, which give the same bytes:
 - ``_resample``, a small C extension built when the package is installed (an
   optional build: where no compiler is found, the install goes on without it).
   Each pass loops over whole input rows, which the compiler vectorises (AVX2
-  where the CPU has it); about four times as fast as the matrix products.
+  where the CPU has it); about 2.5 times as fast as the matrix products.
 - Banded matrix products, one for each block of ``BLOCK`` output pixels over
   the input window that block reads, on the BLAS that numpy already has:
   about twice as fast as Pillow for a draft-decoded photo.

@@ -123,26 +123,15 @@ def pillow_lanczos(im: Image.Image, size: tuple[int, int], box: Any = None) -> n
     return np.asarray(out).reshape(size[1], size[0], -1)
 
 
-def with_pillow_resize(files: list[Path], options: ImageOptions) -> None:
-    """decode_image with Pillow's resize instead of our LANCZOS."""
-    ours = resize_module._lanczos
-    resize_module._lanczos = pillow_lanczos
+def decode_with(files: list[Path], options: ImageOptions, module: Any, name: str, value: Any) -> None:
+    """decode_image on every file with ``module.name`` set to ``value`` for the time (another resize)."""
+    ours = getattr(module, name)
+    setattr(module, name, value)
     try:
         for f in files:
             decode_image(f, options)
     finally:
-        resize_module._lanczos = ours
-
-
-def with_matrix_products(files: list[Path], options: ImageOptions) -> None:
-    """decode_image as installed without a C compiler: numpy's matrix products instead of the compiled passes."""
-    compiled = lanczos._resample
-    lanczos._resample = None
-    try:
-        for f in files:
-            decode_image(f, options)
-    finally:
-        lanczos._resample = compiled
+        setattr(module, name, ours)
 
 
 def decode_rates(files: list[Path], repeats: int) -> dict[str, float]:
@@ -152,8 +141,9 @@ def decode_rates(files: list[Path], repeats: int) -> dict[str, float]:
         "seed": lambda: [seed_path(f) for f in files],
         "draft": lambda: [draft_only(f) for f in files],
         "decode_image": lambda: [decode_image(f, options) for f in files],
-        "matrix products": lambda: with_matrix_products(files, options),
-        "pillow resize": lambda: with_pillow_resize(files, options),
+        # as installed without a C compiler: numpy's matrix products instead of the compiled passes
+        "matrix products": lambda: decode_with(files, options, lanczos, "_resample", None),
+        "pillow resize": lambda: decode_with(files, options, resize_module, "_lanczos", pillow_lanczos),
     }
     for work in cases.values():
         work()  # warm the page cache and imports

@@ -189,8 +189,8 @@ class Pipeline:
 
     # --- the ordered loop ------------------------------------------------------
 
-    def map(self, tasks: Iterable[Task]) -> Iterator[tuple[Task, Outcome]]:
-        """Yield ``(task, values or SampleError)`` in the order of ``tasks``."""
+    def map(self, tasks: Iterable[Task], idle: Callable[[], None] = lambda: None) -> Iterator[tuple[Task, Outcome]]:
+        """Yield ``(task, values or SampleError)`` in the order of ``tasks``; call ``idle()`` before each wait."""
         source, window = iter(tasks), deque[_Item]()
         seq, heavy, exhausted = 0, 0, False  # heavy: tasks in the window that carry their media bytes
         while True:
@@ -211,6 +211,7 @@ class Pipeline:
             if not window and exhausted:
                 return
             self._check_slots()
+            idle()
             with self._wake:
                 if not (window and window[0].future.done()):
                     self._wake.wait(0.25 if self._fetching else 2.0)

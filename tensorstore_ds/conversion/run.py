@@ -190,7 +190,7 @@ def _run(
     with bar, pipe:
         if workers > 0:
             writer.use_processes(pipe.offload)
-        for task, outcome in pipe.map(_tasks(src, columns, opts, writer, previous)):
+        for task, outcome in pipe.map(_tasks(src, columns, opts, writer, previous), idle=writer.settle_written):
             _record(writer, task, outcome, opts, previous, failed)
             bar.update(1)
             if time.monotonic() - shown > PROGRESS_EVERY:

@@ -294,6 +294,16 @@ class StoreWriter:
         if self._shared is not None:
             self._buffers = self._shared.arrays(self.chunks % 2)
 
+    def settle_written(self) -> None:
+        """Commit the pending chunks whose files are already written elsewhere (never waits).
+
+        Called while the conversion waits (a stalled row at the head): every
+        full chunk before it is then committed, so a kill loses none of them.
+        """
+        while self._pending and all(f is not None and f.done() for _, f, _ in self._pending[0][2]):
+            with self._writing():
+                self._settle(keep=len(self._pending) - 1)
+
     def settle(self) -> None:
         """Before the decode processes and the staging file go: commit the chunks being written elsewhere,
         and read the staged rows of the chunk being filled into it."""

@@ -19,7 +19,9 @@
 
 #define WEIGHT_BITS 14
 
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
+/* target_clones needs the ELF loader's ifunc: Linux on x86-64, with GCC or Clang. Elsewhere the plain loop
+ * (vectorised for the baseline instruction set) is the only version. */
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && defined(__has_attribute)
 #if __has_attribute(target_clones)
 #define VECTORISED __attribute__((target_clones("avx2", "default")))
 #endif

@@ -5,7 +5,7 @@
  * (|sum| <= 255 * 1.3 * 2**14, far below 2**31) and rounds them the same way, floor((sum + 2**13) / 2**14)
  * clipped to 0..255, so both give identical bytes on every machine. A pass reads whole input rows and
  * loops over them contiguously, which compilers vectorise; it writes its output transposed, so that the
- * second pass (across) again reads whole rows. On x86-64 with GCC or Clang, an AVX2 version is compiled
+ * second pass (across) again reads whole rows. On x86-64 Linux with GCC or Clang, an AVX2 version is compiled
  * next to the baseline one and chosen at load time (target_clones).
  *
  * The Python side (lanczos.py) computes the weights; this module checks that they read only inside the

@@ -228,7 +228,7 @@ class Pipeline:
     def _room_to_read(self, heavy: int) -> bool:
         if heavy >= HEAVY_AHEAD * max(1, self.workers):  # embedded media wait in memory, not staged: keep them few
             return False
-        bodies_fit = self.fetcher is not None and self._undecoded_bytes < BODY_BUDGET  # fetches may run ahead
+        bodies_fit = 0 < self._undecoded_bytes < BODY_BUDGET  # fetched bodies wait: fetches may run ahead
         decodes_fit = len(self._to_decode) < self.decode_window or bodies_fit
         return decodes_fit and len(self._to_fetch) < 2 * self.fetch_threads
 

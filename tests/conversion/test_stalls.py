@@ -299,3 +299,27 @@ def test_fetches_run_ahead_of_the_decoders_within_the_body_budget(
             watcher.join()
     assert results == [{"n": 1000}] * 100
     assert fewest <= peak["count"] <= most and peak["bytes"] <= most * 1000
+
+
+def slow_square(payload: int) -> dict[str, Any]:
+    time.sleep(0.005)
+    return {"n": payload * payload}
+
+
+def test_paths_are_read_only_two_batches_per_decoder_ahead() -> None:
+    """The body budget lets fetched bodies run ahead; tasks with no body (paths) keep the decode window."""
+    pulled: list[int] = []
+
+    def source() -> Iterator[Task]:
+        for i in range(400):
+            pulled.append(i)
+            yield Task(i, str(i), "path", i, (), i)
+
+    fetcher = Fetcher(FetchOptions(retries=0))  # as a conversion has one, whatever its source
+    with Pipeline(slow_square, 1, fetcher, fetch_threads=2, lookahead=1000) as pipe:
+        results = pipe.map(source())
+        first = next(results)
+        read_at_first = len(pulled)
+        rest = list(results)
+    assert first[1] == {"n": 0} and len(rest) == 399
+    assert read_at_first <= 2 * pipe.decode_window  # the window waiting, and at most as many sent to decode

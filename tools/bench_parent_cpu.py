@@ -21,7 +21,6 @@ change, unpacked with ``git archive``) in the same run, as a baseline:
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import statistics
 import sys
@@ -52,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tensorstore_ds import convert
     from tensorstore_ds.demo.samples import make_image_folder
+    from tensorstore_ds.processes import usable_cores
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_image_folder(Path(tmp) / "photos", args.n, sizes=(tuple(args.size),))
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         f"bench_parent_cpu ({args.root}): workers={args.workers}, {args.size[0]}x{args.size[1]} JPEGs: converting "
         f"process {ms:.3f} ms CPU per sample (median of {args.repeats}), ceiling {1000 / ms:,.0f} samples/s; "
         f"decode processes {kids:.2f} ms CPU per sample; "
-        f"{statistics.median(rates):.0f} samples/s wall on {len(os.sched_getaffinity(0))} cores"
+        f"{statistics.median(rates):.0f} samples/s wall on {usable_cores()} cores"
     )
     return 0 if ms <= args.target else 1
 
